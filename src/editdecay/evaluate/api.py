@@ -1,0 +1,166 @@
+"""Public evaluation API: edit metrics, downstream accuracy, and the evaluation JSON of docs/design.md."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from editdecay.data.records import EditRecord, load_edit_records
+from editdecay.errors import ConfigError, DataError
+
+
+def evaluate_edits(
+    model: nn.Module,
+    tok: Any,
+    records: Sequence[EditRecord],
+    batch_size: int = 32,
+    progress: bool = False,
+    fluency: bool = False,
+) -> dict[str, Any]:
+    """Edit metrics of ``model`` on ``records``: ``{"summary": {...means, n_records}, "records": [per record]}``.
+
+    ``fluency=True`` adds ROME's n-gram entropy of greedy generations for records with generation prompts.
+    """
+    from editdecay.evaluate.edits import fluency as fluency_fn
+    from editdecay.evaluate.edits import record_metrics, summarize
+
+    if not records:
+        raise DataError("<records>", "no records to evaluate")
+    rows = record_metrics(model, tok, records, batch_size=batch_size, progress=progress)
+    if fluency:
+        ent = fluency_fn(model, tok, records)
+        for row in rows:
+            if row["case_id"] in ent:
+                row["fluency"] = ent[row["case_id"]]
+    return {"summary": summarize(rows), "records": rows}
+
+
+def evaluate_downstream(
+    model: nn.Module,
+    tok: Any,
+    tasks: str | Sequence[str] = "commonsense",
+    limit: int | None = None,
+    seed: int = 0,
+    mode: str = "loglik",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Commonsense accuracy per task and their mean: ``{"tasks": {task: acc}, "mean", "n": {task: n}, "mode"}``."""
+    from editdecay.evaluate.downstream import evaluate_commonsense
+
+    return evaluate_commonsense(model, tok, tasks=tasks, limit=limit, seed=seed, mode=mode,
+                                batch_size=batch_size, progress=progress)
+
+
+def load_records_arg(value: str | os.PathLike, n: int | None = None) -> list[EditRecord]:
+    """Records from a data name (``counterfact``, ``zsre``), a records file, or an edit folder's manifest.
+
+    A manifest (``manifest.json``, or the edit folder holding it) yields exactly its ``records`` (EditRecord
+    dicts), in order; ``n`` keeps the first n.
+    """
+    path = Path(value)
+    if path.is_dir() and (path / "manifest.json").exists():
+        path = path / "manifest.json"
+    if path.name == "manifest.json" or (path.suffix == ".json" and _looks_like_manifest(path)):
+        from editdecay.util.io import read_json
+
+        try:
+            manifest = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise DataError(str(path), f"cannot read manifest: {exc}") from None
+        if not isinstance(manifest, dict) or "records" not in manifest:
+            raise DataError(str(path), "manifest has no 'records' list", field="records")
+        raw = manifest["records"]
+        if not isinstance(raw, list) or not raw:
+            raise DataError(str(path), "manifest 'records' must be a non-empty list", field="records")
+        fields = set(EditRecord.__dataclass_fields__)
+        records = []
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict):
+                raise DataError(str(path), "expected an EditRecord object", index, "records")
+            unknown = set(item) - fields
+            if unknown:
+                raise DataError(str(path), f"unknown EditRecord fields {sorted(unknown)}", index, "records")
+            missing = {"case_id", "subject", "prompt", "target_new"} - set(item)
+            if missing:
+                raise DataError(str(path), f"missing EditRecord fields {sorted(missing)}", index, "records")
+            records.append(EditRecord.from_dict(item))
+        return records[:n] if n is not None else records
+    return load_edit_records(value, n=n)
+
+
+def _looks_like_manifest(path: Path) -> bool:
+    """A JSON object file whose first bytes are an object with a "stage" key (cheap check, no full parse)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+    except OSError:
+        return False
+    return head.startswith("{") and '"stage"' in head
+
+
+def evaluate_model(
+    model_name_or_path: str | os.PathLike | tuple[nn.Module, Any],
+    data: str | None = None,
+    records: str | os.PathLike | Sequence[EditRecord] | None = None,
+    n: int | None = None,
+    downstream: str | Sequence[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    mode: str = "loglik",
+    batch_size: int = 32,
+    progress: bool = True,
+    fluency: bool = False,
+) -> dict[str, Any]:
+    """The evaluation JSON: ``{"model", "data", "summary", "records", "downstream", "timings", "versions"}``.
+
+    ``records`` (a file, a manifest, or EditRecords) takes precedence over ``data`` (a named data set);
+    ``downstream`` (e.g. ``"commonsense"``) adds per-task accuracies. At least one of them must be given.
+    """
+    from editdecay.util.env import library_versions
+
+    if data is None and records is None and not downstream:
+        raise ConfigError("nothing to evaluate: give data/records (edit metrics) and/or downstream")
+    if isinstance(model_name_or_path, tuple):
+        model, tok = model_name_or_path
+        model_label = type(model).__name__
+    else:
+        from editdecay.models.registry import load_model
+
+        model, tok = load_model(model_name_or_path)
+        model_label = str(model_name_or_path)
+    out: dict[str, Any] = {"model": model_label, "data": data}
+    timings: dict[str, float] = {}
+    if records is not None or data is not None:
+        if records is None:
+            recs = load_records_arg(data, n=n)  # type: ignore[arg-type]
+        elif isinstance(records, (str, os.PathLike)):
+            recs = load_records_arg(records, n=n)
+            out["records_source"] = str(records)
+        else:
+            recs = list(records)[:n] if n is not None else list(records)
+        if data is not None:
+            family = {"counterfact": "counterfact", "zsre": "zsre"}.get(data)
+            wrong = [r.case_id for r in recs if family and r.dataset != family]
+            if family and wrong:
+                raise DataError(str(records or data), f"--data {data} but records {wrong[:5]} are from data set "
+                                f"{recs[[r.case_id for r in recs].index(wrong[0])].dataset!r}", field="dataset")
+        else:
+            out["data"] = recs[0].dataset
+        start = time.perf_counter()
+        result = evaluate_edits(model, tok, recs, batch_size=batch_size, progress=progress, fluency=fluency)
+        timings["edits_s"] = time.perf_counter() - start
+        out["summary"], out["records"] = result["summary"], result["records"]
+    if downstream:
+        start = time.perf_counter()
+        out["downstream"] = evaluate_downstream(model, tok, tasks=downstream, limit=limit, seed=seed, mode=mode,
+                                                batch_size=max(1, batch_size // 2), progress=progress)
+        timings["downstream_s"] = time.perf_counter() - start
+    out["timings"] = timings
+    out["versions"] = library_versions()
+    return out

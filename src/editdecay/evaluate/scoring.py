@@ -1,0 +1,209 @@
+"""THE batched path from (prompt, continuation) pairs to per-token log-probabilities.
+
+Every metric in this package (edit efficacy, paraphrase, neighbourhood, downstream log-likelihood) goes
+through :func:`score_continuations`, so batching, padding, BOS handling and numerical care live in one place.
+
+Tokenisation: the prompt and the continuation are tokenised separately and their ids concatenated, so the
+scored target tokens are exactly ``tok(continuation, add_special_tokens=False)`` whatever the prompt is; the
+prompt gets whatever special tokens the tokenizer puts in front of a text (a BOS for Llama-2/Gemma style
+tokenizers, nothing for GPT-2/SmolLM2). Sequences are sorted by length, right-padded, and run one forward
+per batch; only the logits at target positions are turned into log-probabilities.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from editdecay.errors import ConfigError, DataError
+
+
+def continuation(text: str) -> str:
+    """A target as the model continues a prompt with it: ``" " + text`` unless it already starts with whitespace."""
+    return text if text[:1].isspace() else " " + text
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Scores of one continuation: its token ids, their log-probs, and whether each was the top-1 token."""
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    is_argmax: tuple[bool, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def total_logprob(self) -> float:
+        return float(sum(self.logprobs))
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean per-token negative log-likelihood: the quantity ROME/MEMIT compare between targets."""
+        return -self.total_logprob / len(self.logprobs)
+
+    @property
+    def all_argmax(self) -> bool:
+        """True when every target token is the model's top-1 prediction under teacher forcing."""
+        return all(self.is_argmax)
+
+    @property
+    def token_accuracy(self) -> float:
+        """Fraction of target tokens that are top-1 (MEMIT's zsRE accuracy for one prompt)."""
+        return sum(self.is_argmax) / len(self.is_argmax)
+
+
+def special_prefix(tok: Any) -> list[int]:
+    """Ids the tokenizer puts in front of any text (e.g. BOS); empty for GPT-2-style tokenizers."""
+    probe = "The"
+    with_special = list(tok(probe)["input_ids"])
+    plain = list(tok(probe, add_special_tokens=False)["input_ids"])
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return with_special[:start]
+    raise ConfigError(f"cannot locate the plain tokens of {probe!r} inside the tokenizer's encoding {with_special}")
+
+
+def tokenize_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids with the tokenizer's prefix specials, continuation ids without any) for each pair."""
+    if not pairs:
+        return []
+    prefix = special_prefix(tok)
+    prompts = [p for p, _ in pairs]
+    conts = [c for _, c in pairs]
+    prompt_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    cont_ids = tok(conts, add_special_tokens=False)["input_ids"]
+    out = []
+    for i, (p_ids, c_ids) in enumerate(zip(prompt_ids, cont_ids, strict=True)):
+        full_prompt = prefix + list(p_ids)
+        if not full_prompt:
+            raise DataError("<pairs>", f"prompt {prompts[i]!r} has no tokens and the tokenizer adds no BOS, so the "
+                            "first continuation token has nothing to condition on", i, "prompt")
+        if not c_ids:
+            raise DataError("<pairs>", f"continuation {conts[i]!r} has no tokens", i, "continuation")
+        out.append((full_prompt, list(c_ids)))
+    return out
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "logits_to_keep" in params
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def score_token_ids(
+    model: nn.Module,
+    items: Sequence[tuple[list[int], list[int]]],
+    batch_size: int = 32,
+    pad_id: int = 0,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[TokenScores]:
+    """Score pre-tokenised (prompt ids, target ids) items; results in input order.
+
+    The last target token is never fed to the model (nothing is predicted from it). The model is put in
+    eval mode for the call (dropout off) and restored afterwards, so a training loop can call this.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    results: list[TokenScores | None] = [None] * len(items)
+    if not items:
+        return []
+    order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + len(items[i][1])))
+    device = model_device(model)
+    keep_ok = _accepts_logits_to_keep(model)
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc=desc, file=sys.stderr, unit="seq")
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            seqs = [items[i][0] + items[i][1][:-1] for i in chunk]
+            width = max(len(s) for s in seqs)
+            ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            rows, cols, targets = [], [], []
+            for r, (i, seq) in enumerate(zip(chunk, seqs, strict=True)):
+                ids[r, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[r, :len(seq)] = 1
+                p_len, t_ids = len(items[i][0]), items[i][1]
+                rows.extend([r] * len(t_ids))
+                cols.extend(range(p_len - 1, p_len - 1 + len(t_ids)))
+                targets.extend(t_ids)
+            rows_t = torch.tensor(rows, dtype=torch.long, device=device)
+            cols_t = torch.tensor(cols, dtype=torch.long)
+            kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+            keep = torch.unique(cols_t)  # sorted union of the positions any row needs
+            if keep_ok:
+                kwargs["logits_to_keep"] = keep.to(device)
+            logits = model(**kwargs).logits
+            if keep_ok and logits.shape[1] == keep.numel():
+                lookup = torch.full((width,), -1, dtype=torch.long)
+                lookup[keep] = torch.arange(keep.numel())
+                cols_t = lookup[cols_t]
+            elif logits.shape[1] != width:
+                raise ConfigError(f"model returned logits for {logits.shape[1]} positions, expected {width} "
+                                  f"or {keep.numel()}")
+            picked = logits[rows_t, cols_t.to(device)].float()  # [n_target_tokens, vocab]
+            targets_t = torch.tensor(targets, dtype=torch.long, device=device)
+            logprobs = picked.gather(1, targets_t[:, None])[:, 0] - torch.logsumexp(picked, dim=-1)
+            is_top = picked.argmax(dim=-1) == targets_t
+            if not torch.isfinite(logprobs).all():
+                from editdecay.errors import NumericalError
+
+                raise NumericalError("non-finite log-probabilities while scoring; the model weights may hold NaN/inf")
+            lp, top = logprobs.cpu().tolist(), is_top.cpu().tolist()
+            offset = 0
+            for i in chunk:
+                n = len(items[i][1])
+                results[i] = TokenScores(tuple(items[i][1]), tuple(lp[offset:offset + n]), tuple(top[offset:offset + n]))
+                offset += n
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    return [r for r in results if r is not None]
+
+
+def score_continuations(
+    model: nn.Module,
+    tok: Any,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[TokenScores]:
+    """Per-token log-probs of each continuation given its prompt, batched; results in input order."""
+    items = tokenize_pairs(tok, pairs)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return score_token_ids(model, items, batch_size=batch_size, pad_id=pad_id, progress=progress, desc=desc)
+
+
+def prob(nll: float) -> float:
+    """exp(-NLL): the per-token geometric-mean probability ROME's magnitudes compare."""
+    return math.exp(-nll)
