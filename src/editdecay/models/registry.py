@@ -193,6 +193,13 @@ def resolve_model(name_or_path: str | os.PathLike, home: Path | None = None, ver
     return text  # a hub id such as "gpt2" or "org/name"
 
 
+def _hub_offline() -> bool:
+    """True when the Hugging Face hub is switched off (HF_HUB_OFFLINE=1), read at call time."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     dtype: Any = None,
@@ -207,6 +214,8 @@ def load_model(
     source = resolve_model(name_or_path, home)
     dtype = dtype or torch.float32
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if isinstance(source, str):
+        kwargs["local_files_only"] = _hub_offline()  # offline: fail at once instead of retrying the network
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
