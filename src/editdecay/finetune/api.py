@@ -1,0 +1,215 @@
+"""`finetune`: an (edited) model + settings -> a fine-tuned model folder with its log, trajectory and manifest.
+
+The output folder (docs/design.md, "Fine-tune folder") is a merged Hugging Face model folder that plain
+transformers loads, plus ``adapter/`` for LoRA/DoRA, ``manifest.json``, ``train_log.jsonl`` and, with edit
+tracking, ``trajectory.json``. While training, checkpoints and logs live in ``<out>.partial/``; the final
+folder appears in one rename when everything is written. A run is identified by the hash of its settings,
+base weights, data and tracked edits: an output or partial folder of a different run is refused unless
+``overwrite=True``, and rerunning a finished run returns its manifest without training again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from editdecay.errors import ConfigError, DataError
+from editdecay.finetune import select as sel
+from editdecay.finetune.config import FinetuneConfig
+from editdecay.finetune.data import TrainData, load_examples
+from editdecay.finetune.train import LOG, TRAJECTORY, DecayTracker, train
+from editdecay.models.arch import get_adapter
+from editdecay.util.env import library_versions, seed_everything
+from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap content hash of the weights (name, shape, sum, abs-sum per tensor): tells runs on different bases apart."""
+    rows = []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            t = tensor.detach().double()
+            rows.append((name, list(tensor.shape), round(float(t.sum()), 6), round(float(t.abs().sum()), 6)))
+    return stable_hash(rows)
+
+
+def _edit_manifest(track_edits: str | os.PathLike | None, edit_dir: str | os.PathLike | None,
+                   model_dir: Path | None) -> tuple[dict[str, Any] | None, str | None]:
+    """The edit manifest for 'edited' layers and tracking: --track-edits, else edit_dir, else the model folder's."""
+    for candidate in (track_edits, edit_dir):
+        if candidate is not None:
+            return sel.read_edit_manifest(candidate), str(Path(candidate) / "manifest.json")
+    if model_dir is not None and (model_dir / "manifest.json").exists():
+        manifest = read_json(model_dir / "manifest.json")
+        if isinstance(manifest, dict) and manifest.get("stage") == "edit":
+            return sel.read_edit_manifest(model_dir), str(model_dir / "manifest.json")
+    return None, None
+
+
+def _tracked_records(manifest: dict[str, Any], source: str) -> list:
+    from editdecay.data.records import EditRecord
+
+    records = []
+    for index, raw in enumerate(manifest.get("records", [])):
+        try:
+            records.append(EditRecord.from_dict(raw))
+        except TypeError as exc:
+            raise DataError(source, f"not an EditRecord ({exc})", index=index, field="records") from None
+    if not records:
+        raise DataError(source, "the edit manifest lists no records to track", field="records")
+    return records
+
+
+def _prepare_dirs(out: Path, work: Path, run_hash: str, overwrite: bool) -> dict[str, Any] | None:
+    """Refuse folders of a different run; return the manifest when this exact run is already finished."""
+    if out.exists():
+        manifest_path = out / "manifest.json"
+        manifest = read_json(manifest_path) if manifest_path.exists() else None
+        if isinstance(manifest, dict) and manifest.get("run_hash") == run_hash and not overwrite:
+            return manifest
+        if not overwrite:
+            what = "a different fine-tuning run" if manifest is not None else "something that is not a fine-tune folder"
+            raise ConfigError(f"output folder {out} holds {what}; choose another --out or pass --overwrite")
+    if work.exists():
+        marker = work / "run.json"
+        same = marker.exists() and read_json(marker).get("run_hash") == run_hash
+        if overwrite or not same:
+            if not overwrite:
+                raise ConfigError(
+                    f"{work} holds an unfinished different fine-tuning run; pass --overwrite to discard it"
+                )
+            shutil.rmtree(work)
+    return None
+
+
+def finetune(
+    model_or_path: nn.Module | str | os.PathLike,
+    config: FinetuneConfig | dict[str, Any] | None,
+    out_dir: str | os.PathLike,
+    track_edits: str | os.PathLike | None = None,
+    tokenizer: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    *,
+    edit_dir: str | os.PathLike | None = None,
+    device: str | None = None,
+    on_step: Any = None,
+) -> dict[str, Any]:
+    """Fine-tune and write the fine-tune folder; return its manifest.
+
+    ``model_or_path``: a model folder / registered name (loaded here), or a loaded model (trained in place:
+    deep-copy it first if you need the original). ``track_edits``: an edit folder whose records are scored
+    every ``eval_every`` steps. ``edit_dir``: where 'edited' layers come from when not tracking (default: the
+    model folder itself when it is an edit folder).
+    """
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
+    cfg.validate()
+    out = Path(out_dir)
+    work = out.with_name(out.name + ".partial")
+    started = time.time()
+
+    model_dir: Path | None = None
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from editdecay.models.registry import load_model, resolve_model
+
+        resolved = resolve_model(model_or_path)
+        model_dir = Path(resolved) if not isinstance(resolved, str) else None
+        model, loaded_tok = load_model(model_or_path, device=device)
+        tokenizer = tokenizer or loaded_tok
+        base_model = str(model_dir or model_or_path)
+    else:
+        model = model_or_path
+        if tokenizer is None:
+            raise ConfigError("finetune() got a model object but no tokenizer: pass tokenizer=")
+        base_model = str(getattr(model.config, "name_or_path", "") or type(model).__name__)
+        if device:
+            model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    edit_manifest, edit_manifest_path = _edit_manifest(track_edits, edit_dir, model_dir)
+    records = _tracked_records(edit_manifest, edit_manifest_path) if track_edits is not None else None
+    if cfg.downstream_tasks and records is None:
+        raise ConfigError("downstream_tasks are evaluated by the decay tracker: pass --track-edits too")
+
+    identity = {"config": cfg.run_hash(), "model": model_fingerprint(model), "data": cfg.data,
+                "track_edits": edit_manifest_path if records is not None else None}
+    run_hash = stable_hash(identity)
+    done = _prepare_dirs(out, work, run_hash, overwrite)
+    if done is not None:
+        print(f"[editdecay] {out} already holds this finished run; not training again", file=sys.stderr)
+        return done
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "run.json", {"run_hash": run_hash, "identity": identity, "config": cfg.to_dict()})
+
+    adapter = get_adapter(model)
+    seed_everything(cfg.seed)
+    selection = sel.select(model, cfg, edit_manifest)
+    if cfg.type == "full":
+        sel.apply_full_selection(model, selection)
+        train_module: nn.Module = model
+    else:
+        from peft import get_peft_model
+
+        model.requires_grad_(False)
+        train_module = get_peft_model(model, sel.lora_config(model, selection, cfg))
+    trained = [(n, p.numel()) for n, p in train_module.named_parameters() if p.requires_grad]
+
+    examples = load_examples(cfg.data, cfg.max_examples)
+    data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed)
+    tracker = None
+    if records is not None:
+        tracker = DecayTracker(records, tokenizer, work / TRAJECTORY, cfg.downstream_tasks, cfg.downstream_n)
+    result = train(train_module, data, cfg, work, eval_model=model, tracker=tracker, progress=progress,
+                   on_step=on_step)
+
+    manifest = {
+        "stage": "finetune",
+        "type": cfg.type,
+        "layers": selection.layers,
+        "modules": selection.projections,
+        "target_modules": selection.module_names,
+        "trained_parameters": sel.count_per_layer(trained, adapter),
+        "trained_parameter_names": [n for n, _ in trained],
+        "n_trained": sum(n for _, n in trained),
+        "base_model": base_model,
+        "edit_manifest": edit_manifest_path,
+        "tracked_records": len(records) if records is not None else 0,
+        "data": cfg.data,
+        "n_examples": len(examples),
+        "config": cfg.to_dict(),
+        "learning_rate": cfg.learning_rate,
+        "run_hash": run_hash,
+        "identity": identity,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "tokens": result.tokens,
+        "loss_tokens": result.loss_tokens,
+        "final_loss": result.final_loss,
+        "timings": {"train_seconds": result.train_seconds,
+                    "tokens_per_s": result.tokens / result.train_seconds if result.train_seconds else None},
+        "versions": library_versions(),
+        "seed": cfg.seed,
+        "trajectory": TRAJECTORY if tracker is not None else None,
+    }
+    with atomic_dir(out) as tmp:
+        if cfg.type == "full":
+            model.save_pretrained(tmp)
+        else:
+            train_module.save_pretrained(tmp / "adapter")
+            merged = train_module.merge_and_unload()
+            merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.copy2(work / LOG, tmp / LOG)
+        if tracker is not None:
+            shutil.copy2(work / TRAJECTORY, tmp / TRAJECTORY)
+        manifest["timings"]["total_seconds"] = time.time() - started
+        atomic_write_json(tmp / "manifest.json", manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    return manifest
