@@ -1,0 +1,182 @@
+"""Decay metrics: how an edited model's per-record results change after fine-tuning (the same records).
+
+For each success metric (``efficacy``, ``paraphrase``, ``neighborhood`` and the ``*_acc`` argmax variants) an
+edit *succeeds* on a record when its per-record value is above ``threshold`` (default 0.5: a strict majority
+of its prompts, or of its target tokens for zsRE; CounterFact ES is already 0/1). Then
+
+- EFR (Edit Flip Ratio): of the edits that succeeded before, the fraction that fail after;
+- relative decrease: ``(mean_before - mean_after) / mean_before`` in percent, on the per-record values;
+- emergent: of the edits that failed before, the fraction that succeed after;
+- survival: of the edits that succeeded before, the fraction that still succeed (``1 - EFR``), with a seeded
+  percentile-bootstrap confidence interval over those edits.
+
+Paired statistics (McNemar on one pair of evaluations; t-test / Wilcoxon across seeds) are plain functions so
+the report stage can reuse them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from editdecay.errors import ConfigError, DataError
+
+SUCCESS_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_acc", "paraphrase_acc", "neighborhood_acc")
+
+
+def _rows(evaluation: Mapping[str, Any] | Sequence[Mapping[str, Any]], name: str) -> dict[str, Mapping[str, Any]]:
+    """Evaluation JSON (with "records") or a list of per-record dicts -> case_id -> row."""
+    rows = evaluation.get("records") if isinstance(evaluation, Mapping) else evaluation
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        raise DataError(name, "expected an evaluation with a 'records' list of per-record results", field="records")
+    out: dict[str, Mapping[str, Any]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping) or "case_id" not in row:
+            raise DataError(name, "per-record result needs a 'case_id'", index, "case_id")
+        case_id = str(row["case_id"])
+        if case_id in out:
+            raise DataError(name, f"duplicate case_id {case_id!r}", index, "case_id")
+        out[case_id] = row
+    if not out:
+        raise DataError(name, "has no per-record results", field="records")
+    return out
+
+
+def match_records(
+    before: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    after: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    before_name: str = "before",
+    after_name: str = "after",
+) -> tuple[list[str], dict[str, Mapping[str, Any]], dict[str, Mapping[str, Any]]]:
+    """Case ids (in ``before`` order) and both row maps; a clear error when the record sets differ."""
+    b, a = _rows(before, before_name), _rows(after, after_name)
+    only_b, only_a = [c for c in b if c not in a], [c for c in a if c not in b]
+    if only_b or only_a:
+        raise DataError(
+            f"{before_name} vs {after_name}",
+            f"the evaluations cover different records: {len(only_b)} only in {before_name} "
+            f"(e.g. {only_b[:5]}), {len(only_a)} only in {after_name} (e.g. {only_a[:5]}); compare evaluations "
+            "of the same records",
+            field="case_id",
+        )
+    return list(b), b, a
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (resampling with replacement, seeded)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def compare(
+    before: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    after: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    metrics: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    before_name: str = "before",
+    after_name: str = "after",
+) -> dict[str, Any]:
+    """EFR, relative decrease, emergent edits and survival (with bootstrap CI), each keyed by metric name.
+
+    ``before``/``after`` are evaluation JSONs (or their ``records`` lists) of the same records, matched by
+    ``case_id``. Metrics default to the success metrics both evaluations hold. Undefined values (no edit
+    succeeded before, a zero mean before) are ``None``.
+    """
+    if not 0.0 <= threshold < 1.0:
+        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+    ids, b, a = match_records(before, after, before_name, after_name)
+    if metrics is None:
+        metrics = [m for m in SUCCESS_METRICS
+                   if any(m in b[c] for c in ids) and any(m in a[c] for c in ids)]
+        if not metrics:
+            raise DataError(f"{before_name} vs {after_name}", f"no shared success metric ({', '.join(SUCCESS_METRICS)})")
+    out: dict[str, Any] = {"efr": {}, "relative_decrease": {}, "emergent": {}, "survival": {}, "counts": {},
+                           "means": {}, "paired": {}, "n_records": len(ids), "threshold": threshold}
+    for metric in metrics:
+        pairs = [(b[c][metric], a[c][metric]) for c in ids if b[c].get(metric) is not None
+                 and a[c].get(metric) is not None]
+        missing = [c for c in ids if (b[c].get(metric) is None) != (a[c].get(metric) is None)]
+        if missing:
+            raise DataError(f"{before_name} vs {after_name}", f"metric {metric!r} is present in only one evaluation "
+                            f"for records {missing[:5]}", field=metric)
+        if not pairs:
+            raise DataError(f"{before_name} vs {after_name}", f"no record has metric {metric!r}", field=metric)
+        vb = np.array([p[0] for p in pairs], dtype=np.float64)
+        va = np.array([p[1] for p in pairs], dtype=np.float64)
+        sb, sa = vb > threshold, va > threshold
+        n_succ, n_fail = int(sb.sum()), int((~sb).sum())
+        flipped, emerged = int((sb & ~sa).sum()), int((~sb & sa).sum())
+        mean_b, mean_a = float(vb.mean()), float(va.mean())
+        out["efr"][metric] = flipped / n_succ if n_succ else None
+        out["emergent"][metric] = emerged / n_fail if n_fail else None
+        out["relative_decrease"][metric] = (mean_b - mean_a) / mean_b * 100.0 if mean_b else None
+        kept = sa[sb].astype(np.float64)
+        low, high = bootstrap_ci(kept, n_boot=n_boot, confidence=confidence, seed=seed) if n_succ else (None, None)
+        out["survival"][metric] = {"rate": float(kept.mean()) if n_succ else None, "ci_low": low, "ci_high": high,
+                                   "confidence": confidence, "n": n_succ}
+        out["counts"][metric] = {"n": len(pairs), "succeeded_before": n_succ, "failed_before": n_fail,
+                                 "flipped": flipped, "emerged": emerged}
+        out["means"][metric] = {"before": mean_b, "after": mean_a}
+        out["paired"][metric] = mcnemar(sb, sa)
+    return out
+
+
+def mcnemar(before_success: Sequence[bool], after_success: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test on paired binary outcomes: two-sided binomial test on the discordant pairs."""
+    from scipy.stats import binomtest
+
+    sb = np.asarray(before_success, dtype=bool)
+    sa = np.asarray(after_success, dtype=bool)
+    if sb.shape != sa.shape:
+        raise ConfigError(f"paired outcomes differ in length: {sb.shape} vs {sa.shape}")
+    lost, gained = int((sb & ~sa).sum()), int((~sb & sa).sum())
+    p = 1.0 if lost + gained == 0 else float(binomtest(lost, lost + gained, 0.5).pvalue)
+    return {"test": "mcnemar-exact", "lost": lost, "gained": gained, "p_value": p}
+
+
+def paired_test(before: Sequence[float], after: Sequence[float], test: str = "ttest") -> dict[str, Any]:
+    """Paired test of before vs after across seeds (or any pairing): ``ttest`` (scipy ttest_rel) or ``wilcoxon``."""
+    from scipy import stats
+
+    x, y = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ConfigError(f"paired test needs two equal-length 1-D samples, got {x.shape} and {y.shape}")
+    if x.size < 2:
+        raise ConfigError(f"paired test needs at least 2 pairs (seeds), got {x.size}")
+    if test == "ttest":
+        res = stats.ttest_rel(x, y)
+    elif test == "wilcoxon":
+        res = stats.wilcoxon(x, y)
+    else:
+        raise ConfigError(f"unknown paired test {test!r}; use 'ttest' or 'wilcoxon'")
+    return {"test": test, "statistic": float(res.statistic), "p_value": float(res.pvalue), "n": int(x.size),
+            "mean_diff": float((x - y).mean())}
+
+
+def seed_comparison(
+    evaluations: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    metric: str = "efficacy",
+    test: str = "ttest",
+) -> dict[str, Any]:
+    """Paired test across seeds of one metric's mean before vs after: one (before, after) pair per seed."""
+    before, after = [], []
+    for k, (b, a) in enumerate(evaluations):
+        ids, rb, ra = match_records(b, a, f"seed {k} before", f"seed {k} after")
+        if not any(rb[c].get(metric) is not None for c in ids):
+            raise DataError(f"seed {k}", f"no record has metric {metric!r}", field=metric)
+        before.append(float(np.mean([rb[c][metric] for c in ids if rb[c].get(metric) is not None])))
+        after.append(float(np.mean([ra[c][metric] for c in ids if ra[c].get(metric) is not None])))
+    result = paired_test(before, after, test=test)
+    result.update({"metric": metric, "before": before, "after": after})
+    return result
