@@ -1,0 +1,32 @@
+"""`editdecay run GRID.yaml --store results.db`: execute a grid; rerun the same command to resume."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a grid into a results store (resumable; failed stages are recorded)")
+    p.add_argument("grid", help="grid YAML file (see configs/)")
+    p.add_argument("--store", required=True, help="SQLite results file (created if missing)")
+    p.add_argument("--workdir", help="artifact folder (default: the grid's workdir, else beside the store)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local (in-process or --workers processes) or ray (the cluster at RAY_ADDRESS)")
+    p.add_argument("--workers", type=int, default=1, help="local backend: worker processes (default 1: in-process)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed stages again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from editdecay.experiment.runner import run_grid
+
+    result = run_grid(args.grid, args.store, workdir=args.workdir, backend=args.backend, workers=args.workers,
+                      retry_failed=args.retry_failed, progress=not args.no_progress)
+    runs = ", ".join(f"{n} {status}" for status, n in sorted(result.runs.items())) or "none"
+    print(f"runs: {runs}")
+    print(f"stages: {len(result.executed)} computed, {len(result.adopted)} adopted, {len(result.failed)} failed, "
+          f"{len(result.skipped)} skipped (input failed) in {result.seconds:.1f} s")
+    if result.failed:
+        print(f"see `editdecay status --store {args.store}` for errors; `--retry-failed` runs them again")
+    return 0 if result.complete else 1

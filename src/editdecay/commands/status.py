@@ -1,0 +1,46 @@
+"""`editdecay status --store results.db`: progress of runs and stages, failures with their errors."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show runs and stages by status, and failed stages' errors")
+    p.add_argument("--store", required=True, help="SQLite results file")
+    p.add_argument("--check", action="store_true", help="also run the store's integrity check")
+    p.add_argument("--export", metavar="DIR", help="export every table to DIR as CSV (or --format parquet)")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from editdecay.errors import EditDecayError
+    from editdecay.experiment.store import Store
+
+    if not Path(args.store).exists():
+        raise EditDecayError(f"{args.store}: no results store here (run `editdecay run GRID.yaml --store ...` first)")
+    with Store(args.store) as db:
+        db.refresh_runs()
+        s = db.summary()
+        total = sum(s["runs"].values())
+        print(f"store {args.store}: grid(s) {', '.join(s['grids']) or '-'}")
+        print(f"runs: {total} ({', '.join(f'{n} {k}' for k, n in sorted(s['runs'].items())) or 'none'})")
+        print(f"{'kind':<10} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7}")
+        for kind, counts in sorted(s["stages"].items()):
+            print(f"{kind:<10} {counts.get('done', 0):>6} {counts.get('running', 0):>8} {counts.get('pending', 0):>8} "
+                  f"{counts.get('failed', 0):>7}")
+        print(f"compute time of done stages: {s['seconds_done']:.1f} s")
+        for f in s["failed"]:
+            first = (f["error"] or "").splitlines()[0]
+            print(f"FAILED {f['stage_id']} (attempts {f['attempts']}): {first}")
+        rc = 0
+        if args.check:
+            problems = db.integrity_check()
+            print("integrity: ok" if not problems else "integrity problems:\n  " + "\n  ".join(problems))
+            rc = 1 if problems else 0
+        if args.export:
+            for path in db.export(args.export, args.format):
+                print(f"wrote {path}")
+    return rc

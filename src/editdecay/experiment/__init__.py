@@ -1,0 +1,1 @@
+"""Experiments: grid configs -> content-addressed stage graphs -> a resumable SQLite results store."""
