@@ -37,6 +37,7 @@ class TokenScores:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     is_argmax: tuple[bool, ...]
+    candidate_logprobs: tuple[float, ...] = ()  # log-probs of requested alternatives at the last target position
 
     @property
     def n_tokens(self) -> int:
@@ -116,12 +117,17 @@ def score_token_ids(
     pad_id: int = 0,
     progress: bool = False,
     desc: str = "scoring",
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> list[TokenScores]:
     """Score pre-tokenised (prompt ids, target ids) items; results in input order.
 
     The last target token is never fed to the model (nothing is predicted from it). The model is put in
     eval mode for the call (dropout off) and restored afterwards, so a training loop can call this.
+    ``candidates[i]`` (optional) lists token ids whose log-probs at item i's last target position are returned
+    too: choices that differ only in their final token then cost one sequence instead of one each.
     """
+    if candidates is not None and len(candidates) != len(items):
+        raise ConfigError(f"candidates has {len(candidates)} entries for {len(items)} items")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     results: list[TokenScores | None] = [None] * len(items)
@@ -178,7 +184,13 @@ def score_token_ids(
             offset = 0
             for i in chunk:
                 n = len(items[i][1])
-                results[i] = TokenScores(tuple(items[i][1]), tuple(lp[offset:offset + n]), tuple(top[offset:offset + n]))
+                alt: tuple[float, ...] = ()
+                if candidates is not None and candidates[i]:
+                    row = picked[offset + n - 1]
+                    cand = torch.tensor(list(candidates[i]), dtype=torch.long, device=device)
+                    alt = tuple((row[cand] - torch.logsumexp(row, dim=-1)).cpu().tolist())
+                results[i] = TokenScores(tuple(items[i][1]), tuple(lp[offset:offset + n]),
+                                         tuple(top[offset:offset + n]), alt)
                 offset += n
             if bar is not None:
                 bar.update(len(chunk))

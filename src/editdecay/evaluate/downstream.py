@@ -1,0 +1,174 @@
+"""Commonsense downstream accuracy (LLM-Adapters test sets, the study's downstream score).
+
+Two modes:
+
+- ``loglik`` (default): the prompt is the Alpaca prompt of the item's instruction followed by
+  ``"the correct answer is"`` (the LLM-Adapters response format); each answer label (``" answer1"``,
+  ``" true"``, ...) is scored as a continuation through :mod:`editdecay.evaluate.scoring` and the label with
+  the highest total log-probability is the prediction. Labels that differ only in their final token (all of
+  LLM-Adapters' labels on BPE tokenizers) share one forward pass.
+- ``generate`` (the study's mode): greedy generation from the Alpaca prompt, then the first occurrence of one
+  of the item's labels in the generated text is the prediction (LLM-Adapters' ``extract_answer``); no label
+  found counts as wrong.
+
+``limit`` evaluates a seeded random sample of that many items per task.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from editdecay.data.corpora import COMMONSENSE_TASKS, MCItem, alpaca_prompt, canonical_task, load_commonsense
+from editdecay.errors import ConfigError
+from editdecay.evaluate.scoring import continuation, score_token_ids, special_prefix
+
+ANSWER_PREFIX = "the correct answer is"
+MODES = ("loglik", "generate")
+
+
+def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """'commonsense' -> all seven tasks; 'boolq,piqa' or a list -> those tasks (aliases accepted)."""
+    if isinstance(tasks, str):
+        if tasks == "commonsense":
+            return list(COMMONSENSE_TASKS)
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ConfigError("no downstream tasks given; use 'commonsense' or task names")
+    return [canonical_task(t) for t in tasks]
+
+
+def sample_items(items: list[MCItem], limit: int | None, seed: int) -> list[MCItem]:
+    """A seeded random subset of ``limit`` items (in file order), or all items."""
+    if limit is None or limit >= len(items):
+        return items
+    if limit < 1:
+        raise ConfigError(f"limit must be >= 1, got {limit}")
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+def loglik_prompt(item: MCItem) -> str:
+    return alpaca_prompt(item.instruction) + ANSWER_PREFIX
+
+
+def predict_loglik(model: nn.Module, tok: Any, items: Sequence[MCItem], batch_size: int = 16,
+                   progress: bool = False) -> list[str]:
+    """The label with the highest total log-probability after the answer prefix, for each item."""
+    prefix = special_prefix(tok)
+    prompts = tok([loglik_prompt(it) for it in items], add_special_tokens=False)["input_ids"]
+    seq_items: list[tuple[list[int], list[int]]] = []
+    cands: list[list[int]] = []
+    plan: list[tuple[str, list[int]]] = []  # per item: ("shared", [seq index]) or ("each", [seq indices])
+    for it, p_ids in zip(items, prompts, strict=True):
+        label_ids = [tok(continuation(lab), add_special_tokens=False)["input_ids"] for lab in it.labels]
+        common = label_ids[0][:-1]
+        finals = [ids[-1] for ids in label_ids]
+        shared = all(ids[:-1] == common for ids in label_ids) and len(set(finals)) == len(finals)
+        if shared:
+            plan.append(("shared", [len(seq_items)]))
+            seq_items.append((prefix + list(p_ids), common + [finals[0]]))
+            cands.append(finals)
+        else:
+            plan.append(("each", list(range(len(seq_items), len(seq_items) + len(label_ids)))))
+            for ids in label_ids:
+                seq_items.append((prefix + list(p_ids), list(ids)))
+                cands.append([])
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    scores = score_token_ids(model, seq_items, batch_size=batch_size, pad_id=pad_id, progress=progress,
+                             desc="downstream", candidates=cands)
+    preds = []
+    for it, (kind, idx) in zip(items, plan, strict=True):
+        if kind == "shared":
+            s = scores[idx[0]]
+            common_lp = sum(s.logprobs[:-1])
+            totals = [common_lp + c for c in s.candidate_logprobs]
+        else:
+            totals = [scores[i].total_logprob for i in idx]
+        preds.append(it.labels[int(np.argmax(totals))])
+    return preds
+
+
+def extract_label(text: str, labels: Sequence[str]) -> str | None:
+    """The first of ``labels`` occurring in ``text`` (longest label first at a position), else None."""
+    pattern = "|".join(re.escape(lab) for lab in sorted(labels, key=len, reverse=True))
+    match = re.search(pattern, text)
+    return match.group(0) if match else None
+
+
+def predict_generate(model: nn.Module, tok: Any, items: Sequence[MCItem], batch_size: int = 8,
+                     max_new_tokens: int = 32, progress: bool = False) -> list[str | None]:
+    """Greedy generation from the Alpaca prompt, then the first label in the generated text."""
+    import torch
+
+    from editdecay.evaluate.scoring import model_device
+
+    device = model_device(model)
+    preds: list[str | None] = []
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), desc="downstream (generate)", file=sys.stderr, unit="item")
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            enc = tok([alpaca_prompt(it.instruction) for it in chunk], return_tensors="pt", padding=True).to(device)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            for it, row in zip(chunk, out[:, enc["input_ids"].shape[1]:], strict=True):
+                preds.append(extract_label(tok.decode(row, skip_special_tokens=True), it.labels))
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        tok.padding_side = old_side
+        if bar is not None:
+            bar.close()
+        if was_training:
+            model.train()
+    return preds
+
+
+def evaluate_commonsense(
+    model: nn.Module,
+    tok: Any,
+    tasks: str | Sequence[str] = "commonsense",
+    limit: int | None = None,
+    seed: int = 0,
+    mode: str = "loglik",
+    batch_size: int = 16,
+    progress: bool = False,
+    items_by_task: dict[str, list[MCItem]] | None = None,
+) -> dict[str, Any]:
+    """Accuracy per task and the unweighted mean over tasks (the study's downstream score).
+
+    ``items_by_task`` replaces loading from the shared data (tests, custom sets).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown downstream mode {mode!r}; use one of {', '.join(MODES)}")
+    names = list(items_by_task) if items_by_task is not None else resolve_tasks(tasks)
+    accs: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for task in names:
+        items = items_by_task[task] if items_by_task is not None else load_commonsense(task)
+        items = sample_items(items, limit, seed)
+        if mode == "loglik":
+            preds: Sequence[str | None] = predict_loglik(model, tok, items, batch_size=batch_size, progress=progress)
+        else:
+            preds = predict_generate(model, tok, items, batch_size=batch_size, progress=progress)
+        correct = [p == it.answer for p, it in zip(preds, items, strict=True)]
+        accs[task] = float(np.mean(correct))
+        counts[task] = len(items)
+    return {"tasks": accs, "mean": float(np.mean(list(accs.values()))), "n": counts, "mode": mode,
+            "limit": limit, "seed": seed}
