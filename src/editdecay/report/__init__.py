@@ -1,0 +1,1 @@
+"""Reports from a results store: the study's tables, statistics, figures and findings (see report.api)."""

@@ -1,0 +1,135 @@
+"""The study's four claims, each checked against a results store with the test that backs the verdict.
+
+Outcome of a run: the efficacy drop ES(M_ed) − ES(M_ed_ft) (absolute, fraction of edits). Comparisons between
+two conditions (AlphaEdit vs MEMIT, one layer selection vs another) pair runs that agree on every other factor
+and the seed. With at least ``min_pairs`` pairs the verdict rests on the paired t-test (Wilcoxon and Cohen's dz
+reported alongside); with fewer, on McNemar's exact test per edit (edits of paired runs matched by case_id,
+among those that succeeded under both conditions before fine-tuning: "flipped under A only" vs "under B
+only"). A claim is *supported* when the effect points the claimed way and p < alpha, *not supported* when it
+does not, and *not enough data* when the store has no run pairs to compare.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from editdecay.report import stats
+from editdecay.report.load import Results, Run
+from editdecay.report.tables import Column, Table, efficacy_drop_tests
+
+SUPPORTED, NOT_SUPPORTED, NO_DATA = "supported", "not supported", "not enough data"
+
+
+@dataclass
+class Finding:
+    claim: str
+    verdict: str
+    evidence: str  # one sentence with the numbers
+    tests: list[stats.TestResult] = field(default_factory=list)
+
+
+def _drop(res: Results, run: Run) -> float | None:
+    a, b = res.summary(run, "M_ed", "efficacy"), res.summary(run, "M_ed_ft", "efficacy")
+    return None if a is None or b is None else a - b
+
+
+def pair_runs(res: Results, factor: str, a: str, b: str) -> list[tuple[Run, Run]]:
+    """Runs with ``factor == a`` paired with the run with ``factor == b`` that agrees on everything else."""
+    def value(run: Run) -> str:
+        return run.layer_selection if factor == "layers" else str(getattr(run, factor))
+
+    index = {(run.key(drop=(factor,)), run.seed): run for run in res.runs if value(run) == b}
+    pairs = []
+    for run in res.runs:
+        if value(run) == a and (partner := index.get((run.key(drop=(factor,)), run.seed))) is not None:
+            pairs.append((run, partner))
+    return pairs
+
+
+def _verdict(test: stats.TestResult, alpha: float, direction_ok: bool) -> str:
+    if math.isnan(test.pvalue):
+        return NO_DATA
+    return SUPPORTED if direction_ok and test.pvalue < alpha else NOT_SUPPORTED
+
+
+def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, alpha: float = 0.05,
+                       min_pairs: int = 3) -> Finding:
+    """Claim: condition ``a`` removes more edits (larger efficacy drop) than condition ``b``."""
+    pairs = pair_runs(res, factor, a, b)
+    drops = [(_drop(res, x), _drop(res, y)) for x, y in pairs]
+    complete = [(da, db) for da, db in drops if da is not None and db is not None]
+    if len(complete) >= min_pairs:
+        da, db = [d[0] for d in complete], [d[1] for d in complete]
+        t, w = stats.paired_ttest(da, db), stats.wilcoxon_signed_rank(da, db)
+        verdict = _verdict(t, alpha, t.mean_diff > 0)
+        evidence = (f"efficacy drop {a} − {b} = {100 * t.mean_diff:+.1f} points over {t.n} paired runs; "
+                    f"{t.describe()}; {w.describe()}")
+        return Finding(claim, verdict, evidence, [t, w])
+    flips_a: list[bool] = []
+    flips_b: list[bool] = []
+    for x, y in pairs:
+        sa = stats.survived(res.per_record(x, "M_ed"), res.per_record(x, "M_ed_ft"), "efficacy")
+        sb = stats.survived(res.per_record(y, "M_ed"), res.per_record(y, "M_ed_ft"), "efficacy")
+        for case in sorted(set(sa) & set(sb)):
+            flips_a.append(not sa[case])
+            flips_b.append(not sb[case])
+    if not flips_a:
+        return Finding(claim, NO_DATA, f"no runs with {factor} = {a} paired with {factor} = {b} "
+                       "(same other settings and seed) that have per-edit results")
+    m = stats.mcnemar_exact(flips_a, flips_b)
+    # the McNemar effect here is (flipped under a only − flipped under b only) / n: positive = a removes more
+    verdict = _verdict(m, alpha, m.effect > 0)
+    evidence = (f"fewer than {min_pairs} paired runs ({len(pairs)}), so per edit: of {m.n} edits successful under "
+                f"both before fine-tuning, flip rate {a} {100 * sum(flips_a) / m.n:.1f}% vs {b} "
+                f"{100 * sum(flips_b) / m.n:.1f}%; {m.describe()}")
+    return Finding(claim, verdict, evidence, [m])
+
+
+def edits_decay(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> Finding:
+    claim = "Edits decay: fine-tuning lowers the efficacy of edits"
+    runs = [r for r in res.runs if res.eval_id(r, "M_ed") and res.eval_id(r, "M_ed_ft")]
+    tests = efficacy_drop_tests(res, runs, min_pairs) if runs else []
+    if not tests:
+        return Finding(claim, NO_DATA, "no run has both M_ed and M_ed_ft evaluations")
+    main = tests[0]
+    verdict = _verdict(main, alpha, main.mean_diff > 0)
+    if main.test.startswith("paired"):
+        evidence = (f"ES drops by {100 * main.mean_diff:.1f} points on average over {main.n} runs; "
+                    + "; ".join(t.describe() for t in tests))
+    else:
+        evidence = f"per edit over {main.n} edits: " + main.describe()
+    return Finding(claim, verdict, evidence, tests)
+
+
+def all_findings(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> list[Finding]:
+    findings = [
+        edits_decay(res, alpha, min_pairs),
+        compare_conditions(res, "AlphaEdit edits decay more than MEMIT edits", "method", "alphaedit", "memit",
+                           alpha, min_pairs),
+    ]
+    vs_all = compare_conditions(res, "", "layers", "edited", "all", alpha, min_pairs)
+    vs_non = compare_conditions(res, "", "layers", "edited", "non-edited", alpha, min_pairs)
+    parts = [vs_all, vs_non]
+    verdicts = {p.verdict for p in parts}
+    verdict = SUPPORTED if verdicts == {SUPPORTED} else NO_DATA if verdicts == {NO_DATA} else (
+        NOT_SUPPORTED if NOT_SUPPORTED in verdicts else NO_DATA)
+    findings.append(Finding("Fine-tuning only the edited layers removes edits best", verdict,
+                            f"vs all layers: {vs_all.verdict} ({vs_all.evidence}). vs non-edited layers: "
+                            f"{vs_non.verdict} ({vs_non.evidence})", vs_all.tests + vs_non.tests))
+    findings.append(compare_conditions(res, "Fine-tuning only the non-edited layers erases more edits than full "
+                                       "fine-tuning", "layers", "non-edited", "all", alpha, min_pairs))
+    return findings
+
+
+def findings_table(findings: list[Finding]) -> Table:
+    table = Table("findings", "Findings", "Each claim of the study, the verdict on these results, and its statistic.",
+                  [Column("claim", "claim"), Column("verdict", "verdict"), Column("test", "test"),
+                   Column("p", "p", "p"), Column("effect", "effect", "float"), Column("effect_name", "effect size"),
+                   Column("evidence", "evidence")])
+    for f in findings:
+        main = f.tests[0] if f.tests else None
+        table.rows.append({"claim": f.claim, "verdict": f.verdict, "test": main.test if main else None,
+                           "p": main.pvalue if main else None, "effect": main.effect if main else None,
+                           "effect_name": main.effect_name if main else None, "evidence": f.evidence})
+    return table

@@ -1,0 +1,344 @@
+"""The study's tables, computed from a :class:`Results` snapshot; values stay raw, formatting is render's job.
+
+Every table aggregates over seeds only: a row is one configuration (model, method, edit data, number of edits,
+fine-tuning type, layer selection, modules, fine-tuning data) and shows the mean over its seeds. Edit metrics
+are fractions in [0, 1] as the store holds them (rendered as %); relative decreases are already in %.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from editdecay.report import stats
+from editdecay.report.load import RUN_KEY, Results, Run
+
+EDIT_METRICS = ("efficacy", "paraphrase", "neighborhood")
+SHORT = {"efficacy": "ES", "paraphrase": "PS", "neighborhood": "NS"}
+DECAY_METRICS = ("efficacy", "paraphrase")  # the study's EFR metrics (NS is not an edit that can flip)
+KEY_LABELS = {"model": "model", "method": "method", "edit_data": "data", "n_edits": "#edits",
+              "ft_type": "ft type", "layers": "layers", "modules": "modules", "ft_data": "ft data"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """``kind``: str | int | pct (fraction shown as %) | num (shown with 1 decimal) | p (p-value) | float."""
+
+    key: str
+    label: str
+    kind: str = "str"
+
+
+@dataclass
+class Table:
+    name: str  # file stem for CSV/LaTeX
+    title: str
+    caption: str
+    columns: list[Column]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    display_limit: int | None = None  # HTML/Markdown/text show at most this many rows; CSV/LaTeX keep all
+
+    def shown(self) -> tuple[list[dict[str, Any]], str | None]:
+        """Rows to display and, when some are cut, the sentence that says so."""
+        if self.display_limit is None or len(self.rows) <= self.display_limit:
+            return self.rows, None
+        return self.rows[: self.display_limit], (f"First {self.display_limit} of {len(self.rows)} rows shown; "
+                                                 f"all rows are in tables/{self.name}.csv.")
+
+    def column(self, key: str) -> list[Any]:
+        return [row.get(key) for row in self.rows]
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _sd(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.std(vals, ddof=1)) if len(vals) >= 2 else None
+
+
+def _key_columns(keys: Iterable[str]) -> list[Column]:
+    return [Column(k, KEY_LABELS[k], "int" if k == "n_edits" else "str") for k in keys]
+
+
+def group_runs(runs: Iterable[Run], keys: tuple[str, ...] = RUN_KEY) -> dict[tuple, list[Run]]:
+    """Runs grouped by the given configuration factors, in sorted key order."""
+    out: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        out[tuple(getattr(run, k) for k in keys)].append(run)
+    return {k: sorted(out[k], key=lambda r: r.seed) for k in sorted(out, key=lambda t: tuple(str(x) for x in t))}
+
+
+def edit_metrics_table(res: Results) -> Table:
+    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int")]
+    for metric in EDIT_METRICS:
+        cols += [Column(f"{metric}_M_ed", f"{SHORT[metric]} M_ed", "pct"),
+                 Column(f"{metric}_M_ed_ft", f"{SHORT[metric]} M_ed_ft", "pct")]
+    table = Table("edit_metrics", "Edit metrics before and after fine-tuning",
+                  "Efficacy (ES), paraphrase (PS) and neighbourhood (NS) success of the edited model (M_ed) and of "
+                  "the edited-then-fine-tuned model (M_ed_ft), mean over seeds, in %.", cols)
+    for key, runs in group_runs(res.runs).items():
+        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True))
+        row["seeds"] = len(runs)
+        for metric in EDIT_METRICS:
+            for grp in ("M_ed", "M_ed_ft"):
+                row[f"{metric}_{grp}"] = _mean(res.summary(r, grp, metric) for r in runs)
+        table.rows.append(row)
+    return table
+
+
+def _relative_decreases(res: Results, run: Run) -> dict[str, float]:
+    return {m: stats.relative_decrease(res.summary(run, "M_ed", m), res.summary(run, "M_ed_ft", m))
+            for m in EDIT_METRICS}
+
+
+def relative_decrease_table(res: Results, by: str) -> Table:
+    """Relative decrease (before - after) / before in %, per run, then mean ± sd over the runs of each group.
+
+    Only full-layer fine-tuning runs enter (the layer-selection study has its own table) unless a store holds
+    no such run.
+    """
+    runs = [r for r in res.runs if r.layer_selection == "all"] or list(res.runs)
+    cols = [Column(by, KEY_LABELS[by]), Column("runs", "runs", "int")]
+    for metric in EDIT_METRICS:
+        cols += [Column(f"rd_{metric}", f"{SHORT[metric]} decrease %", "num"),
+                 Column(f"rd_{metric}_sd", "± sd", "num")]
+    scope = "full-layer fine-tuning runs" if any(r.layer_selection == "all" for r in res.runs) else "all runs"
+    table = Table(f"relative_decrease_by_{by}", f"Relative decrease by {KEY_LABELS[by]}",
+                  f"(ES/PS/NS of M_ed − M_ed_ft) / M_ed in %, per run, mean ± sd over {scope} of each {KEY_LABELS[by]}.",
+                  cols)
+    for key, group in group_runs(runs, (by,)).items():
+        per_run = [_relative_decreases(res, r) for r in group]
+        row: dict[str, Any] = {by: key[0], "runs": len(group)}
+        for metric in EDIT_METRICS:
+            row[f"rd_{metric}"] = _mean(d[metric] for d in per_run)
+            row[f"rd_{metric}_sd"] = _sd(d[metric] for d in per_run)
+        table.rows.append(row)
+    return table
+
+
+@dataclass(frozen=True)
+class Decay:
+    """One run's decay of one metric between M_ed and M_ed_ft (from ``evaluate.decay.compare``)."""
+
+    metric: str
+    n_success_before: int
+    efr: float
+    emergent: float
+    survival: float
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
+    """EFR, emergent edits and survival of one run, matched by case_id; None when a group has no per-record data."""
+    from editdecay.evaluate.decay import compare
+
+    before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
+    if not before or not after:
+        return None
+    rows_b = [{"case_id": c, **m} for c, m in before.items() if metric in m]
+    rows_a = [{"case_id": c, **m} for c, m in after.items() if metric in m]
+    if not rows_b or not rows_a:
+        return None
+    where = f"{res.path}: run '{run.run_id}'"
+    out = compare(rows_b, rows_a, metrics=[metric], threshold=stats.SUCCESS_THRESHOLD, n_boot=1,
+                  before_name=f"{where} M_ed", after_name=f"{where} M_ed_ft")
+    return Decay(metric, int(out["counts"][metric]["succeeded_before"]), _nan(out["efr"][metric]),
+                 _nan(out["emergent"][metric]), _nan(out["survival"][metric]["rate"]))
+
+
+def efr_table(res: Results, seed: int = 0) -> Table:
+    """Edit Flip Ratio and emergent edits per configuration, with a bootstrap CI of the ES survival rate."""
+    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int"), Column("n_ok", "ES ok before", "int")]
+    for metric in DECAY_METRICS:
+        cols += [Column(f"efr_{metric}", f"EFR {SHORT[metric]}", "pct"),
+                 Column(f"emergent_{metric}", f"emergent {SHORT[metric]}", "pct")]
+    cols += [Column("survival", "ES survival", "pct"), Column("survival_lo", "95% CI lo", "pct"),
+             Column("survival_hi", "95% CI hi", "pct")]
+    table = Table("efr", "Edit Flip Ratio and emergent edits",
+                  "Per record, matched by case_id between M_ed and M_ed_ft; a record succeeds when its value > "
+                  f"{stats.SUCCESS_THRESHOLD}. EFR: of the edits that succeeded before, the share failing after; "
+                  "emergent: of those that failed before, the share succeeding after (mean over seeds). Survival CI: "
+                  "seeded percentile bootstrap over the pooled per-edit survival indicators.", cols)
+    for key, runs in group_runs(res.runs).items():
+        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True))
+        row["seeds"] = len(runs)
+        decays = {m: [d for r in runs if (d := run_decay(res, r, m)) is not None] for m in DECAY_METRICS}
+        if not decays["efficacy"]:
+            continue
+        row["n_ok"] = sum(d.n_success_before for d in decays["efficacy"])
+        for metric in DECAY_METRICS:
+            row[f"efr_{metric}"] = _mean(d.efr for d in decays[metric])
+            row[f"emergent_{metric}"] = _mean(d.emergent for d in decays[metric])
+        indicators = [float(s) for r in runs
+                      for s in stats.survived(res.per_record(r, "M_ed"), res.per_record(r, "M_ed_ft"),
+                                              "efficacy").values()]
+        row["survival"] = _mean(indicators)
+        lo, hi = stats.bootstrap_ci(indicators, seed=seed) if indicators else (None, None)
+        row["survival_lo"], row["survival_hi"] = lo, hi
+        table.rows.append(row)
+    return table
+
+
+SELECTIVE_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "modules", "ft_data")
+LAYER_CONDITIONS = (("all", "fine-tuned, all layers"), ("edited", "fine-tuned, edited layers only"),
+                    ("non-edited", "fine-tuned, non-edited layers only"))
+
+
+def selective_layer_table(res: Results) -> Table:
+    """Base / edited / fine-tuned with each layer selection: efficacy and downstream score side by side."""
+    cols = _key_columns(SELECTIVE_KEY) + [Column("condition", "model state"), Column("seeds", "seeds", "int"),
+                                          Column("efficacy", "ES", "pct"), Column("paraphrase", "PS", "pct"),
+                                          Column("downstream", "downstream", "pct")]
+    table = Table("selective_layers", "Selective-layer fine-tuning",
+                  "Efficacy/paraphrase on the edit records and the mean downstream accuracy of the base model (M), "
+                  "the edited model (M_ed) and the edited model fine-tuned on all, only the edited, or only the "
+                  "non-edited layers (M_ed_ft); mean over seeds. Shown for configurations with a layer selection "
+                  "other than all layers.", cols)
+    for key, runs in group_runs(res.runs, SELECTIVE_KEY).items():
+        selections = {r.layer_selection for r in runs}
+        if not selections - {"all"}:
+            continue
+        base: dict[str, Any] = dict(zip(SELECTIVE_KEY, key, strict=True))
+
+        def add(condition: str, group: list[Run], grp: str, base: dict[str, Any] = base) -> None:
+            row = dict(base, condition=condition, seeds=len({r.seed for r in group}))
+            for metric in ("efficacy", "paraphrase"):
+                row[metric] = _mean(res.summary(r, grp, metric) for r in group)
+            row["downstream"] = _mean(res.downstream_mean(r, grp) for r in group)
+            table.rows.append(row)
+
+        add("base (M)", runs, "M")
+        add("edited (M_ed)", runs, "M_ed")
+        for selection, label in LAYER_CONDITIONS:
+            chosen = [r for r in runs if r.layer_selection == selection]
+            if chosen:
+                add(label, chosen, "M_ed_ft")
+        for selection in sorted(selections - {s for s, _ in LAYER_CONDITIONS}):
+            add(f"fine-tuned, layers {selection}", [r for r in runs if r.layer_selection == selection], "M_ed_ft")
+    return table
+
+
+def downstream_table(res: Results) -> Table:
+    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int")] + [
+        Column(f"ds_{g}", f"downstream {g}", "pct") for g in ("M", "M_ft", "M_ed", "M_ed_ft")]
+    table = Table("downstream", "Downstream score of the four model groups",
+                  "Mean accuracy over the downstream tasks of the base (M), fine-tuned (M_ft), edited (M_ed) and "
+                  "edited-then-fine-tuned (M_ed_ft) models, mean over seeds.", cols)
+    for key, runs in group_runs(res.runs).items():
+        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), seeds=len(runs))
+        for grp in ("M", "M_ft", "M_ed", "M_ed_ft"):
+            row[f"ds_{grp}"] = _mean(res.downstream_mean(r, grp) for r in runs)
+        if any(row[f"ds_{g}"] is not None for g in ("M", "M_ft", "M_ed", "M_ed_ft")):
+            table.rows.append(row)
+    return table
+
+
+def decay_tests_table(res: Results, min_seeds: int = 3) -> Table:
+    """Per configuration: does efficacy drop from M_ed to M_ed_ft?
+
+    With at least ``min_seeds`` seeds: paired t-test and Wilcoxon over the seeds' efficacies (Cohen's dz). With
+    fewer: McNemar's exact test per edit on pooled (success before, success after) pairs.
+    """
+    cols = _key_columns(RUN_KEY) + [Column("test", "test"), Column("n", "n", "int"),
+                                    Column("statistic", "statistic", "float"), Column("p", "p", "p"),
+                                    Column("effect", "effect", "float"), Column("effect_name", "effect size")]
+    table = Table("decay_tests", "Does fine-tuning lower efficacy? Paired tests per configuration",
+                  f"With ≥ {min_seeds} seeds: paired t-test and Wilcoxon signed-rank of ES(M_ed) vs ES(M_ed_ft) "
+                  "across seeds with Cohen's dz / rank-biserial r; otherwise McNemar's exact test per edit "
+                  "(effect: drop in success rate).", cols)
+    for key, runs in group_runs(res.runs).items():
+        base = dict(zip(RUN_KEY, key, strict=True))
+        for result in efficacy_drop_tests(res, runs, min_seeds):
+            table.rows.append(dict(base, test=result.test, n=result.n, statistic=result.statistic, p=result.pvalue,
+                                   effect=result.effect, effect_name=result.effect_name))
+    return table
+
+
+def efficacy_drop_tests(res: Results, runs: list[Run], min_pairs: int = 3) -> list[stats.TestResult]:
+    """Tests of ES(M_ed) > ES(M_ed_ft) over these runs (see :func:`decay_tests_table`)."""
+    pairs = [(res.summary(r, "M_ed", "efficacy"), res.summary(r, "M_ed_ft", "efficacy")) for r in runs]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if len(pairs) >= min_pairs:
+        a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+        return [stats.paired_ttest(a, b), stats.wilcoxon_signed_rank(a, b)]
+    before: list[bool] = []
+    after: list[bool] = []
+    for run in runs:
+        ids, x, y = stats.matched(res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft"), "efficacy")
+        before += [bool(v > stats.SUCCESS_THRESHOLD) for v in x]
+        after += [bool(v > stats.SUCCESS_THRESHOLD) for v in y]
+    return [stats.mcnemar_exact(before, after)] if before else []
+
+
+def edits_table(res: Results) -> Table:
+    """One row per edit: the fact, its success before/after fine-tuning (mean over runs) and survival share."""
+    cols = [Column("case_id", "case"), Column("edit_data", "data"), Column("subject", "subject"),
+            Column("prompt", "prompt"), Column("target_true", "true target"), Column("target_new", "new target"),
+            Column("runs", "runs", "int"), Column("es_M_ed", "ES M_ed", "pct"), Column("es_M_ed_ft", "ES M_ed_ft", "pct"),
+            Column("survival", "survival", "pct")]
+    table = Table("edits", "Per edit", "Each edited fact with its efficacy before and after fine-tuning (mean over "
+                  "the runs that edited it) and the share of runs in which it survived (among runs where it "
+                  "succeeded before); sorted from least to most durable.", cols, display_limit=100)
+    before: dict[str, list[float]] = defaultdict(list)
+    after: dict[str, list[float]] = defaultdict(list)
+    surv: dict[str, list[float]] = defaultdict(list)
+    for run in res.runs:
+        b, a = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
+        for case, values in b.items():
+            if "efficacy" in values:
+                before[case].append(values["efficacy"])
+        for case, values in a.items():
+            if "efficacy" in values:
+                after[case].append(values["efficacy"])
+        if b and a:
+            for case, ok in stats.survived(b, a, "efficacy").items():
+                surv[case].append(float(ok))
+    for case in sorted(set(before) | set(after)):
+        info = res.records.get(case)
+        table.rows.append({"case_id": case, "edit_data": info.edit_data if info else None,
+                           "subject": info.subject if info else None, "prompt": info.prompt if info else None,
+                           "target_true": info.target_true if info else None,
+                           "target_new": info.target_new if info else None, "runs": len(before[case]),
+                           "es_M_ed": _mean(before[case]), "es_M_ed_ft": _mean(after[case]),
+                           "survival": _mean(surv[case])})
+    table.rows.sort(key=lambda r: (r["survival"] if r["survival"] is not None else 2.0, r["case_id"]))
+    return table
+
+
+def all_tables(res: Results, findings_table: Table | None = None, seed: int = 0) -> list[Table]:
+    tables = [edit_metrics_table(res), relative_decrease_table(res, "ft_type"), relative_decrease_table(res, "model"),
+              efr_table(res, seed=seed), selective_layer_table(res), downstream_table(res),
+              decay_tests_table(res), edits_table(res)]
+    if findings_table is not None:
+        tables.insert(0, findings_table)
+    return tables
+
+
+def format_value(value: Any, kind: str) -> str:
+    """Human formatting shared by the HTML, Markdown, LaTeX and text renderers (CSV keeps raw values)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100.0 * float(value):.1f}"
+    if kind == "num":
+        return f"{float(value):.1f}"
+    if kind == "float":
+        v = float(value)
+        return "inf" if math.isinf(v) and v > 0 else "-inf" if math.isinf(v) else f"{v:.3g}"
+    if kind == "p":
+        v = float(value)
+        return "<0.001" if v < 0.001 else f"{v:.3f}"
+    if kind == "int":
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,438 @@
+"""Reports from a small stored grid: every table present with the right rows, numbers equal to the store's,
+findings with their statistics, figures (including the per-layer weight picture from real artifact folders),
+escaping, the CLI contract and clear errors for bad stores.
+
+The store is built here with the schema of docs/design.md by plain SQL (2 models x 2 methods x 3 fine-tuning
+types x 3 layer selections x 2 seeds, 20 records per evaluation), so these tests do not depend on the
+experiment package.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCHEMA = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, grid TEXT, model TEXT, method TEXT, edit_data TEXT, n_edits INT,
+    ft_type TEXT, layers TEXT, modules TEXT, ft_data TEXT, seed INT, config_json TEXT, status TEXT, created_at REAL);
+CREATE TABLE stages (stage_id TEXT PRIMARY KEY, kind TEXT, status TEXT, config_json TEXT, artifact TEXT, error TEXT,
+    attempts INT, started_at REAL, finished_at REAL, seconds REAL, versions_json TEXT);
+CREATE TABLE run_groups (run_id TEXT, grp TEXT, eval_stage_id TEXT);
+CREATE TABLE metrics (eval_stage_id TEXT, metric TEXT, value REAL);
+CREATE TABLE record_metrics (eval_stage_id TEXT, case_id TEXT, metric TEXT, value REAL);
+CREATE TABLE downstream (eval_stage_id TEXT, task TEXT, accuracy REAL, n INT);
+CREATE TABLE trajectories (ft_stage_id TEXT, step INT, metric TEXT, value REAL);
+CREATE TABLE run_stages (run_id TEXT, stage_id TEXT, role TEXT);
+CREATE TABLE records (case_id TEXT, edit_data TEXT, subject TEXT, target_new TEXT, target_true TEXT, prompt TEXT);
+"""
+
+MODELS = ("smollm2-135m", "gemma3-270m")
+METHODS = ("memit", "alphaedit")
+FT_TYPES = ("full", "lora", "dora")
+LAYERS = ("all", "edited", "non-edited")
+TARGETS = ("Paris", "French", "Tokyo", "piano", "football", "Microsoft", "Berlin", "English", "guitar", "Italy")
+XSS = "<script>alert(1)</script>"
+N_RECORDS = 20
+# survival probability of a successful edit: lower for AlphaEdit, lowest when only the edited layers train
+SURVIVAL = {"all": 0.7, "edited": 0.15, "non-edited": 0.45}
+
+
+def build_store(path: Path, seeds: tuple[int, ...] = (0, 1), models=MODELS, methods=METHODS, ft_types=FT_TYPES,
+                layers=LAYERS, ft_data: str = "commonsense", artifacts: dict | None = None, rng_seed: int = 0) -> Path:
+    """Write a results store with the design schema and a synthetic grid whose effects are known."""
+    rng = np.random.default_rng(rng_seed)
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    cases = [f"cf{i}" for i in range(N_RECORDS)]
+    for i, case in enumerate(cases):
+        subject = XSS if i == 3 else f"Subject_{i} & co"
+        conn.execute("INSERT INTO records VALUES (?,?,?,?,?,?)",
+                     (case, "counterfact", subject, TARGETS[i % len(TARGETS)], "Rome", "{} is located in"))
+
+    def stage(sid: str, kind: str, artifact: str | None = None) -> str:
+        conn.execute("INSERT OR IGNORE INTO stages (stage_id, kind, status, config_json, artifact, attempts) "
+                     "VALUES (?,?,?,?,?,1)", (sid, kind, "done", json.dumps({"id": sid}), artifact))
+        return sid
+
+    def evaluation(sid: str, per_record: dict[str, dict[str, float]], downstream: dict[str, float]) -> str:
+        stage(sid, "evaluate")
+        for case, values in per_record.items():
+            for metric, value in values.items():
+                conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (sid, case, metric, value))
+        for metric in ("efficacy", "paraphrase", "neighborhood"):
+            conn.execute("INSERT INTO metrics VALUES (?,?,?)",
+                         (sid, metric, float(np.mean([v[metric] for v in per_record.values()]))))
+        conn.execute("INSERT INTO metrics VALUES (?,?,?)", (sid, "n_records", float(len(per_record))))
+        for task, acc in downstream.items():
+            conn.execute("INSERT INTO downstream VALUES (?,?,?,?)", (sid, task, acc, 100))
+        return sid
+
+    def records(p_es: float, p_ns: float) -> dict[str, dict[str, float]]:
+        return {c: {"efficacy": float(rng.random() < p_es), "paraphrase": float(rng.integers(0, 3)) / 2 * (p_es > 0.5),
+                    "neighborhood": float(rng.random() < p_ns)} for c in cases}
+
+    def after_ft(before: dict[str, dict[str, float]], p_survive: float) -> dict[str, dict[str, float]]:
+        out = {}
+        for c, v in before.items():
+            keep = rng.random() < p_survive
+            out[c] = {"efficacy": float(keep) if v["efficacy"] else float(rng.random() < 0.05),
+                      "paraphrase": v["paraphrase"] * float(keep), "neighborhood": float(rng.random() < 0.85)}
+        return out
+
+    run_index = 0
+    shared: dict[tuple, str] = {}
+    for model in models:
+        base_eval = evaluation(f"eval-M-{model}", records(0.05, 0.9), {"boolq": 0.55, "piqa": 0.6})
+        stage(f"base-{model}", "base")
+        for seed in seeds:
+            for ft in ft_types:
+                for sel in layers:
+                    key = ("Mft", model, ft, sel, seed)
+                    if key not in shared:
+                        stage(f"ft-base-{model}-{ft}-{sel}-{seed}", "finetune")
+                        shared[key] = evaluation(f"eval-M_ft-{model}-{ft}-{sel}-{seed}", records(0.05, 0.88),
+                                                 {"boolq": 0.7, "piqa": 0.66 - 0.03 * (sel == "edited")})
+            for method in methods:
+                edit_id = f"edit-{model}-{method}-{seed}"
+                art = (artifacts or {}).get((model, method, seed))
+                stage(edit_id, "edit", art["edit"] if art else None)
+                ed_records = records(0.95, 0.8)
+                ed_eval = evaluation(f"eval-M_ed-{model}-{method}-{seed}", ed_records, {"boolq": 0.54, "piqa": 0.59})
+                for ft in ft_types:
+                    for sel in layers:
+                        run_id = f"run{run_index:03d}"
+                        run_index += 1
+                        ft_id = stage(f"ft-ed-{run_id}", "finetune", art["ft"] if art and (ft, sel) == (ft_types[0], "all")
+                                      else None)
+                        p = SURVIVAL[sel] - (0.2 if method == "alphaedit" else 0.0)
+                        ft_records = after_ft(ed_records, p)
+                        ft_eval = evaluation(f"eval-M_ed_ft-{run_id}", ft_records,
+                                             {"boolq": 0.69 - 0.04 * (sel == "non-edited"), "piqa": 0.65})
+                        es0 = float(np.mean([v["efficacy"] for v in ed_records.values()]))
+                        es1 = float(np.mean([v["efficacy"] for v in ft_records.values()]))
+                        for step in (0, 5, 10):
+                            conn.execute("INSERT INTO trajectories VALUES (?,?,?,?)",
+                                         (ft_id, step, "efficacy", es0 + (es1 - es0) * step / 10))
+                        conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                                     (run_id, "test", model, method, "counterfact", N_RECORDS, ft, sel, "attn,mlp",
+                                      ft_data, seed, "{}", "done", 0.0))
+                        for grp, sid in (("M", base_eval), ("M_ft", shared[("Mft", model, ft, sel, seed)]),
+                                         ("M_ed", ed_eval), ("M_ed_ft", ft_eval)):
+                            conn.execute("INSERT INTO run_groups VALUES (?,?,?)", (run_id, grp, sid))
+                        for role, sid in (("base", f"base-{model}"), ("edit", edit_id),
+                                          ("finetune_base", f"ft-base-{model}-{ft}-{sel}-{seed}"),
+                                          ("finetune_edit", ft_id)):
+                            conn.execute("INSERT INTO run_stages VALUES (?,?,?)", (run_id, sid, role))
+    conn.commit()
+    conn.close()
+    return path
+
+
+def write_corpus(path: Path) -> Path:
+    """A fine-tuning corpus (JSONL prompt/response) where some targets are frequent and some absent."""
+    lines = []
+    for i in range(60):
+        lines.append({"prompt": f"Question {i}: where is it?", "response": "Paris is in France. " * (i % 3 + 1)
+                      + ("They speak French. " if i % 2 else "") + ("Tokyo." if i % 10 == 0 else "")})
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_artifacts(folder: Path, tok) -> dict:
+    """A tiny edit folder (weights + deltas.safetensors + manifest) and a fine-tuned folder with known changes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from editdecay.models.tiny import tiny_model
+
+    model, _ = tiny_model("llama", tokenizer=tok, n_layers=4, d_model=64, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    deltas = {}
+    with torch.no_grad():
+        for layer in (1, 2):
+            w = model.model.layers[layer].mlp.down_proj.weight
+            delta = 0.1 * torch.randn(w.shape, generator=gen)
+            w.add_(delta)
+            deltas[f"model.layers.{layer}.mlp.down_proj.weight"] = delta.contiguous()
+    edit_dir, ft_dir = folder / "edit", folder / "ft"
+    model.save_pretrained(edit_dir)
+    save_file(deltas, str(edit_dir / "deltas.safetensors"))
+    (edit_dir / "manifest.json").write_text(json.dumps({"stage": "edit", "method": "memit", "layers": [1, 2]}))
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for p in layer.parameters():
+                p.add_((0.3 if i == 3 else 0.01) * p.detach().abs().mean() * torch.randn(p.shape, generator=gen))
+    model.save_pretrained(ft_dir)
+    (ft_dir / "manifest.json").write_text(json.dumps({"stage": "finetune", "type": "full", "base_model": str(edit_dir)}))
+    return {"edit": str(edit_dir), "ft": str(ft_dir)}
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory, tiny_tok):
+    folder = tmp_path_factory.mktemp("report_store")
+    corpus = write_corpus(folder / "ft.jsonl")
+    arts = make_artifacts(folder, tiny_tok)
+    return build_store(folder / "results.db", ft_data=str(corpus),
+                       artifacts={("smollm2-135m", "memit", 0): arts}), arts
+
+
+@pytest.fixture(scope="module")
+def written(grid_store, tmp_path_factory):
+    from editdecay.report.api import write_report
+
+    out = tmp_path_factory.mktemp("report_out") / "rep"
+    return out, write_report(grid_store[0], out)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def sql(store: Path, query: str, *args) -> list[tuple]:
+    conn = sqlite3.connect(store)
+    try:
+        return conn.execute(query, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_every_table_present_with_the_right_rows(written):
+    out, paths = written
+    expected_rows = {
+        "findings": 4,
+        "edit_metrics": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
+        "relative_decrease_by_ft_type": len(FT_TYPES),
+        "relative_decrease_by_model": len(MODELS),
+        "efr": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
+        # base, edited, and one row per layer selection, for each config other than layers
+        "selective_layers": len(MODELS) * len(METHODS) * len(FT_TYPES) * (2 + len(LAYERS)),
+        "downstream": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
+        "decay_tests": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
+        "edits": N_RECORDS,
+    }
+    for name, n in expected_rows.items():
+        csv_path, tex_path = out / "tables" / f"{name}.csv", out / "tables" / f"{name}.tex"
+        assert csv_path.exists() and tex_path.exists(), name
+        assert len(read_csv(csv_path)) == n, name
+        assert tex_path.read_text().count(r" \\") == n + 1, name  # header + rows
+    assert {Path(p).stem for p in paths["tables"]} == set(expected_rows)
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    sel = read_csv(out / "tables" / "selective_layers.csv")
+    first = [r["condition"] for r in sel[:5]]
+    assert first == ["base (M)", "edited (M_ed)", "fine-tuned, all layers", "fine-tuned, edited layers only",
+                     "fine-tuned, non-edited layers only"]
+    assert sorted(r["ft_type"] for r in read_csv(out / "tables" / "relative_decrease_by_ft_type.csv")) == sorted(FT_TYPES)
+
+
+def test_edit_metric_numbers_equal_the_store(written, grid_store):
+    out, _ = written
+    store = grid_store[0]
+    rows = read_csv(out / "tables" / "edit_metrics.csv")
+    for row in rows:
+        for metric in ("efficacy", "paraphrase", "neighborhood"):
+            for grp in ("M_ed", "M_ed_ft"):
+                values = [v for (v,) in sql(store, """
+                    SELECT m.value FROM runs r JOIN run_groups g ON g.run_id = r.run_id
+                    JOIN metrics m ON m.eval_stage_id = g.eval_stage_id
+                    WHERE r.model=? AND r.method=? AND r.ft_type=? AND r.layers=? AND g.grp=? AND m.metric=?""",
+                    row["model"], row["method"], row["ft_type"], row["layers"], grp, metric)]
+                assert len(values) == 2  # two seeds
+                assert float(row[f"{metric}_{grp}"]) == pytest.approx(float(np.mean(values)), abs=1e-12)
+        assert row["seeds"] == "2"
+
+
+def test_efr_and_emergent_equal_a_hand_count_from_record_metrics(written, grid_store):
+    out, _ = written
+    store = grid_store[0]
+    row = read_csv(out / "tables" / "efr.csv")[0]
+    efrs, emergents, indicators = [], [], []
+    for (run_id,) in sql(store, "SELECT run_id FROM runs WHERE model=? AND method=? AND ft_type=? AND layers=?",
+                         row["model"], row["method"], row["ft_type"], row["layers"]):
+        def per(grp, run_id=run_id):
+            return dict(sql(store, """SELECT rm.case_id, rm.value FROM run_groups g JOIN record_metrics rm
+                ON rm.eval_stage_id = g.eval_stage_id WHERE g.run_id=? AND g.grp=? AND rm.metric='efficacy'""",
+                            run_id, grp))
+        before, after = per("M_ed"), per("M_ed_ft")
+        ok = [c for c in before if before[c] > 0.5]
+        bad = [c for c in before if before[c] <= 0.5]
+        efrs.append(sum(after[c] <= 0.5 for c in ok) / len(ok))
+        emergents.append(sum(after[c] > 0.5 for c in bad) / len(bad) if bad else math.nan)
+        indicators += [float(after[c] > 0.5) for c in ok]
+    assert float(row["efr_efficacy"]) == pytest.approx(np.mean(efrs))
+    if row["emergent_efficacy"]:
+        assert float(row["emergent_efficacy"]) == pytest.approx(np.nanmean(emergents))
+    assert float(row["survival"]) == pytest.approx(np.mean(indicators))
+    assert float(row["survival_lo"]) <= float(row["survival"]) <= float(row["survival_hi"])
+
+
+def test_selective_table_downstream_is_the_task_mean(written, grid_store):
+    out, _ = written
+    store = grid_store[0]
+    row = [r for r in read_csv(out / "tables" / "selective_layers.csv")
+           if r["condition"] == "fine-tuned, non-edited layers only"][0]
+    values = [v for (v,) in sql(store, """
+        SELECT AVG(d.accuracy) FROM runs r JOIN run_groups g ON g.run_id = r.run_id JOIN downstream d
+        ON d.eval_stage_id = g.eval_stage_id WHERE r.model=? AND r.method=? AND r.ft_type=? AND r.layers='non-edited'
+        AND g.grp='M_ed_ft' GROUP BY r.run_id""", row["model"], row["method"], row["ft_type"])]
+    assert float(row["downstream"]) == pytest.approx(np.mean(values))
+
+
+def test_findings_follow_the_planted_effects(written):
+    out, _ = written
+    findings = json.loads((out / "findings.json").read_text())
+    verdicts = [f["verdict"] for f in findings]
+    # the synthetic grid plants: decay, AlphaEdit decays more, edited-only removes most, non-edited > all
+    assert verdicts == ["supported"] * 4
+    for f in findings:
+        assert f["tests"] and all(0 <= t["pvalue"] <= 1 for t in f["tests"])
+        assert "p = " in f["evidence"]
+
+
+def test_findings_say_not_enough_data_when_a_factor_is_missing(tmp_path):
+    from editdecay.report.findings import all_findings
+    from editdecay.report.load import load_results
+
+    # only MEMIT, only full-layer fine-tuning: the method and layer claims cannot be judged
+    store = build_store(tmp_path / "a.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all",))
+    f = all_findings(load_results(store))
+    assert f[0].verdict == "supported" and f[0].tests[0].test.startswith("McNemar")  # one run: per-edit test
+    assert [x.verdict for x in f[1:]] == ["not enough data"] * 3
+
+
+def test_reversed_claim_is_not_supported(grid_store):
+    from editdecay.report.findings import compare_conditions
+    from editdecay.report.load import load_results
+
+    res = load_results(grid_store[0])
+    # MEMIT edits survive better than AlphaEdit's in this grid, so "MEMIT decays more" must not be supported
+    f = compare_conditions(res, "MEMIT decays more", "method", "memit", "alphaedit")
+    assert f.verdict == "not supported"
+    assert f.tests[0].mean_diff < 0
+
+
+def test_html_escapes_data_and_is_self_contained(written):
+    out, _ = written
+    text = (out / "report.html").read_text()
+    assert XSS not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "<script" not in text.lower()
+    assert "http://" not in text and "https://" not in text  # no external resources
+    assert text.count("data:image/png;base64,") == 5  # heatmap, trajectories, trade-off, frequency, layers
+    md = (out / "report.md").read_text()
+    assert XSS not in md and r"\<script\>alert\(1\)\</script\>" in md
+    tex = (out / "tables" / "edits.tex").read_text()
+    assert r"\textless{}script\textgreater{}" in tex and r"Subject\_4 \& co" in tex
+    assert XSS in (out / "tables" / "edits.csv").read_text()  # CSV keeps the raw data
+
+
+def test_layer_change_matches_hand_computation(grid_store):
+    import torch
+    from safetensors.torch import load_file
+
+    from editdecay.report.plots import layer_change
+
+    arts = grid_store[1]
+    ft_change, edit_change, edited = layer_change(Path(arts["edit"]), Path(arts["ft"]))
+    assert edited == [1, 2] and sorted(edit_change) == [1, 2]
+    w_in, w_ft = load_file(f"{arts['edit']}/model.safetensors"), load_file(f"{arts['ft']}/model.safetensors")
+    keys = [k for k in w_in if k.startswith("model.layers.3.")]
+    num = sum(float((w_ft[k] - w_in[k]).pow(2).sum()) for k in keys)
+    den = sum(float(w_in[k].pow(2).sum()) for k in keys)
+    assert ft_change[3] == pytest.approx(math.sqrt(num / den), rel=1e-6)
+    assert ft_change[3] > 5 * ft_change[0]
+    delta = load_file(f"{arts['edit']}/deltas.safetensors")["model.layers.1.mlp.down_proj.weight"]
+    w = w_in["model.layers.1.mlp.down_proj.weight"]
+    assert edit_change[1] == pytest.approx(float(delta.norm() / (w - delta).norm()), rel=1e-6)
+    assert torch.isfinite(torch.tensor(list(ft_change.values()))).all()
+
+
+def test_survival_frequency_counts_whole_words():
+    from editdecay.report.plots import phrase_counts
+
+    counts = phrase_counts(["Paris, paris! Parisian. New York new york", "NEW YORK"], ["Paris", "New York", "Rome"])
+    assert counts == {"Paris": 2, "New York": 3, "Rome": 0}
+
+
+def test_missing_artifacts_and_trajectories_are_noted_not_fatal(tmp_path):
+    from editdecay.report.api import build_report
+
+    store = build_store(tmp_path / "r.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all", "edited"), ft_data="no-such-corpus-file.jsonl")
+    conn = sqlite3.connect(store)
+    conn.execute("DELETE FROM trajectories")
+    conn.commit()
+    conn.close()
+    report = build_report(store)
+    skipped = {f.name: f.reason for f in report.figures if not hasattr(f, "png")}
+    assert "trajectories" in skipped and "layer_change" in skipped
+    assert "no-such-corpus-file.jsonl" in skipped["survival_vs_frequency"]
+    assert any("artifacts" in n for n in report.notes)
+
+
+def test_bad_stores_give_clear_errors(tmp_path):
+    from editdecay.errors import DataError
+    from editdecay.report.load import load_results
+
+    with pytest.raises(DataError, match="results store not found"):
+        load_results(tmp_path / "missing.db")
+    (tmp_path / "junk.db").write_text("this is not sqlite")
+    with pytest.raises(DataError, match="junk.db"):
+        load_results(tmp_path / "junk.db")
+    conn = sqlite3.connect(tmp_path / "partial.db")
+    conn.execute("CREATE TABLE runs (run_id TEXT)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DataError, match="table.*stages"):
+        load_results(tmp_path / "partial.db")
+    store = build_store(tmp_path / "badgrp.db", seeds=(0,), models=MODELS[:1], methods=("memit",),
+                        ft_types=("lora",), layers=("all",))
+    conn = sqlite3.connect(store)
+    conn.execute("UPDATE run_groups SET grp='M_weird' WHERE grp='M_ft'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DataError, match="M_weird"):
+        load_results(store)
+
+
+def test_unfinished_evaluations_are_left_out(tmp_path):
+    from editdecay.report.load import load_results
+
+    store = build_store(tmp_path / "r.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all", "edited"))
+    conn = sqlite3.connect(store)
+    conn.execute("UPDATE runs SET status='running' WHERE run_id='run001'")
+    conn.execute("UPDATE stages SET status='running' WHERE stage_id='eval-M_ed_ft-run001'")
+    conn.commit()
+    conn.close()
+    res = load_results(store)
+    run = [r for r in res.runs if r.run_id == "run001"][0]
+    assert res.eval_id(run, "M_ed_ft") is None and res.eval_id(run, "M_ed") is not None
+    assert any("not finished" in n for n in res.notes)
+
+
+def test_cli_contract(grid_store, tmp_path):
+    store = grid_store[0]
+    exe = [sys.executable, "-m", "editdecay.cli"]
+    out = tmp_path / "rep"
+    done = subprocess.run(exe + ["report", str(store), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    assert len(list((out / "tables").glob("*.csv"))) == 9
+    text = subprocess.run(exe + ["report", str(store), "--format", "text"], capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0, text.stderr
+    for title in ("Edit metrics before and after fine-tuning", "Relative decrease by ft type",
+                  "Edit Flip Ratio and emergent edits", "Selective-layer fine-tuning", "[supported]"):
+        assert title in text.stdout
+    bad = subprocess.run(exe + ["report", str(tmp_path / "nope.db"), "--format", "text"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and "results store not found" in bad.stderr and "Traceback" not in bad.stderr
