@@ -142,6 +142,8 @@ class Grid:
     model_info: dict[str, dict[str, Any]]  # model -> {"num_layers", "params"} (read from config.json)
     workdir: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    configs: dict[str, Any] = field(default_factory=dict)  # model -> its transformers config (or a table key)
+    _edit_cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def runs_values(self) -> list[dict[str, Any]]:
         keys = list(AXES)
@@ -313,15 +315,16 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
             FinetuneConfig.from_dict({**cfg, "layers": "all"})
         except ConfigError as exc:
             raise ConfigError(f"{path}: 'finetune': {exc}") from None
-    for method in methods:
-        _check_edit_hparams(path, method, grid)
     for d in axes["ft_data"]:
         _check_ft_data(path, d)
     if check_models:
         for m in models:
-            info = model_facts(m, model_info.get(m, {}), path)
+            info, config = model_facts(m, model_info.get(m, {}), path)
             model_info[m] = info
+            grid.configs[m] = model_info[m].get("edit_defaults") or config
             _check_layers(path, grid, m, info["num_layers"])
+    for values in grid.runs_values():  # unknown/invalid edit hyperparameters fail here, before any work
+        resolved_edit_hparams(grid, values)
     return grid
 
 
@@ -351,35 +354,12 @@ def _check_ft_data(path: str, name: str) -> None:
         raise _err(path, "ft_data", f"{name!r} is neither a named corpus ({', '.join(named)}) nor an existing file")
 
 
-def _check_edit_hparams(path: str, method: str, grid: Grid) -> None:
-    """Let the edit stage validate its hyperparameters when it offers a validator (typos fail before work)."""
-    try:
-        from editdecay.edit import hparams as hp
-    except ImportError:
-        return
-    validate = getattr(hp, "validate_hparams", None) or getattr(hp, "hparams_from_dict", None)
-    if validate is None:
-        return
-    seen = set()
-    for values in grid.runs_values():
-        if values["method"] != method:
-            continue
-        settings = edit_settings(grid, values)
-        key = stable_hash(settings)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            validate(method, {k: v for k, v in settings.items() if k != "layers"})
-        except EditDecayError as exc:
-            raise ConfigError(f"{path}: 'edit' ({method}): {exc}") from None
-
-
-def model_facts(model: str, declared: dict[str, Any], path: str = "<grid>") -> dict[str, Any]:
-    """num_layers and an approximate parameter count, read from config.json without loading weights."""
+def model_facts(model: str, declared: dict[str, Any], path: str = "<grid>") -> tuple[dict[str, Any], Any]:
+    """({num_layers, params}, config): read from config.json without loading weights (or as declared)."""
     config = _model_config(model, declared, path)
     if config is None:
-        return {"num_layers": int(declared["num_layers"]), "params": float(declared.get("params", SMOLLM2_PARAMS))}
+        info = {"num_layers": int(declared["num_layers"]), "params": float(declared.get("params", SMOLLM2_PARAMS))}
+        return {**declared, **info}, None
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     layers = getattr(text, "num_hidden_layers", None)
     d = getattr(text, "hidden_size", None)
@@ -388,7 +368,7 @@ def model_facts(model: str, declared: dict[str, Any], path: str = "<grid>") -> d
     if layers is None or d is None:
         raise ConfigError(f"{path}: model {model!r}: its config has no num_hidden_layers/hidden_size")
     params = layers * (4 * d * d + 3 * d * inter) + 2 * vocab * d
-    return {"num_layers": int(layers), "params": float(declared.get("params", params))}
+    return {**declared, "num_layers": int(layers), "params": float(declared.get("params", params))}, config
 
 
 def _model_config(model: str, declared: dict[str, Any], path: str) -> Any:
@@ -438,11 +418,8 @@ def _check_layers(path: str, grid: Grid, model: str, n_layers: int) -> None:
     for values in grid.runs_values():
         if values["model"] != model:
             continue
-        edit_layers = edit_settings(grid, values).get("layers")
+        edit_layers = resolved_edit_hparams(grid, values)["layers"]
         if edit_layers is not None:
-            if not isinstance(edit_layers, list) or not edit_layers or any(
-                    isinstance(i, bool) or not isinstance(i, int) for i in edit_layers):
-                raise _err(path, "edit.layers", f"must be a non-empty list of layer indices, got {edit_layers!r}")
             bad = [i for i in edit_layers if not 0 <= i < n_layers]
             if bad:
                 raise _err(path, "edit.layers", f"layer {bad[0]} is out of range for {model!r}, which has "
@@ -469,6 +446,24 @@ def edit_settings(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resolved_edit_hparams(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
+    """The full edit hyperparameters of a run: the edit stage's per-model defaults, then the grid's settings.
+
+    Resolved at planning so the edit stage id hashes the actual settings and typos fail before any work.
+    """
+    from editdecay.edit.hparams import resolve_hparams
+
+    settings = edit_settings(grid, values)
+    key = stable_hash([values["model"], values["method"], settings])
+    if key not in grid._edit_cache:
+        try:
+            hp = resolve_hparams(values["method"], grid.configs.get(values["model"]), settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{grid.path}: 'edit' ({values['method']} on {values['model']}): {exc}") from None
+        grid._edit_cache[key] = hp.to_dict()
+    return grid._edit_cache[key]
+
+
 def finetune_settings(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
     """FinetuneConfig settings of a run (without the axes): grid ``finetune`` then matching overrides."""
     out = dict(grid.finetune)
@@ -478,11 +473,9 @@ def finetune_settings(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resolve_ft_layers(sel: Any, edit_layers: list[int] | None, n_layers: int, path: str) -> list[int] | str:
+def _resolve_ft_layers(sel: Any, edit_layers: list[int], n_layers: int, path: str) -> list[int] | str:
     """'edited'/'non-edited' -> explicit lists, so M_ft and M_ed_ft train exactly the same parameters."""
     if sel in ("edited", "non-edited"):
-        if edit_layers is None:
-            raise _err(path, "layers", f"'{sel}' needs the edit layers: set edit.layers (or per-model overrides)")
         if sel == "edited":
             return sorted(edit_layers)
         return [i for i in range(n_layers) if i not in set(edit_layers)]
@@ -529,7 +522,7 @@ def expand(grid: Grid) -> Plan:
         for r in record_dicts:
             records_rows[(r["case_id"], data)] = {**r, "edit_data": data}
         info = grid.model_info.get(model) or {"num_layers": None}
-        edit_hp = edit_settings(grid, values)
+        edit_hp = resolved_edit_hparams(grid, values)
         ft = finetune_settings(grid, values)
         ft_layers = _resolve_ft_layers(values["layers"], edit_hp.get("layers"), info["num_layers"], grid.path)
         ft_config = {**ft, "type": values["ft_type"], "layers": ft_layers, "modules": values["modules"],
