@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 	$(BIN)/editdecay models --prepare smollm2-135m
+	$(BIN)/editdecay models --prepare gemma3-270m
 
 demo: setup
 	$(BIN)/python scripts/demo.py

@@ -112,3 +112,19 @@ def test_conversion_is_atomic_and_reused(tmp_path, smollm2_path, monkeypatch):
     assert registry.resolve_model("smollm2-135m", home=home) == home / "models" / "smollm2-135m"
     rows = {r["name"]: r for r in registry.model_status(home)}
     assert rows["smollm2-135m"]["ready"] and not rows["gemma3-270m"]["ready"]
+
+
+@pytest.mark.real
+def test_gemma3_second_registered_model():
+    from editdecay.models.arch import get_adapter
+
+    model, tok = registry.load_model("gemma3-270m")
+    assert model.config.model_type == "gemma3_text" and model.config.num_hidden_layers == 18
+    adapter = get_adapter(model)
+    adapter.check(model)
+    assert adapter.mlp_output_norm == "post_feedforward_layernorm"
+    ids = tok("The Eiffel Tower is located in the city of", return_tensors="pt")
+    assert ids.input_ids[0, 0].item() == tok.bos_token_id  # Gemma's tokenizer adds BOS
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert tok.decode(out[0, ids.input_ids.shape[1]:]).startswith(" Paris")
