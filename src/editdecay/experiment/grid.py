@@ -51,9 +51,12 @@ RESOURCE_KINDS = ("stats", "base", "edit", "finetune", "evaluate")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
 TINY_PREFIX = "tiny:"
+# the edit hyperparameters that decide the second-moment statistics: one stats stage serves every edit
+# (MEMIT and AlphaEdit, any number of edits) that agrees on these
+STATS_KEYS = ("layers", "mom2_dataset", "mom2_n_tokens", "mom2_seq_len", "mom2_dtype")
 # rough single-core-pair seconds for SmolLM2-135M; scaled by parameter count for other models (plan estimates)
 COST = {"stage_overhead_s": 2.0, "base_s": 3.0, "tokens_per_s": 530.0, "train_tokens_per_s": 180.0, "edit_s_per_edit": 4.0,
-        "stats_tokens": 20000, "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
+        "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
 SMOLLM2_PARAMS = 135e6
 
 
@@ -534,9 +537,10 @@ def expand(grid: Grid) -> Plan:
         if model.startswith(TINY_PREFIX):
             model_cfg["tiny"] = _tiny_size(grid.model_info.get(model, {}))
         base = add(make_stage("base", model_cfg, {}, res["base"]), seen)
+        stats = add(make_stage("stats", {k: edit_hp[k] for k in STATS_KEYS}, {"model": base}, res["stats"]), seen)
         edit = add(make_stage("edit", {"method": values["method"], "edit_data": data, "n_edits": n,
                                        "records_hash": records_hash, "hparams": edit_hp, "seed": values["seed"]},
-                              {"model": base}, res["edit"]), seen)
+                              {"model": base, "stats": stats}, res["edit"]), seen)
         ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False},
                                  {"model": base}, res["finetune"]), seen)
         ft_edit = add(make_stage("finetune", {"finetune": ft_config, "track_edits": True},
@@ -547,7 +551,7 @@ def expand(grid: Grid) -> Plan:
         run_config = {"values": values, "edit": edit_hp, "finetune": ft_config, "evaluate": grid.evaluate}
         run = Run(run_id=f"run-{stable_hash({'grid': grid.name, **run_config})}", values=values,
                   edit_hparams=edit_hp, finetune=ft_config,
-                  stages={"base": base, "edit": edit, "finetune_base": ft_base, "finetune_edit": ft_edit,
+                  stages={"base": base, "stats": stats, "edit": edit, "finetune_base": ft_base, "finetune_edit": ft_edit,
                           **{f"eval_{g}": s for g, s in groups.items()}},
                   groups=groups)
         runs.append(run)
@@ -584,8 +588,10 @@ def _estimate_work(spec: StageSpec, scale: float) -> float:
     cfg = spec.config
     if spec.kind == "base":
         return COST["base_s"]
+    if spec.kind == "stats":
+        return scale * cfg["mom2_n_tokens"] / COST["tokens_per_s"]
     if spec.kind == "edit":
-        return scale * (cfg["n_edits"] * COST["edit_s_per_edit"] + COST["stats_tokens"] / COST["tokens_per_s"])
+        return scale * cfg["n_edits"] * COST["edit_s_per_edit"]
     if spec.kind == "finetune":
         ft = cfg["finetune"]
         steps = ft.get("max_steps") or 100

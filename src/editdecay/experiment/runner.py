@@ -64,9 +64,13 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
     out = Path(artifact)
     start = time.perf_counter()
     import torch
+    from transformers.utils import logging as hf_logging
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.get("num_cpus", 1) or 1)))
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         fn = _resolve_fns(fns).get(spec.kind)
         if fn is None:
@@ -85,6 +89,8 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
                 "error": f"{type(exc).__name__}: {exc}\n{tb}"}
     finally:
         torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class Backend(Protocol):

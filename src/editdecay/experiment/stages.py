@@ -78,23 +78,36 @@ def run_base(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     return {"model": str(resolve_model(name))}
 
 
+def run_stats(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
+    """Second moments of the edit layers' keys, computed once and shared by every edit that uses them.
+
+    The artifact folder is the edit stage's StatsCache, so an edit reading it finds every layer cached.
+    """
+    from editdecay.edit.stats import StatsCache, second_moments
+    from editdecay.models.arch import get_adapter
+    from editdecay.models.registry import load_model
+
+    cfg = spec.config
+    model, tok = load_model(model_source(inputs["model"]))
+    with atomic_dir(out_dir) as tmp:
+        result = second_moments(model, tok, get_adapter(model), cfg["layers"], corpora=cfg["mom2_dataset"],
+                                n_tokens=cfg["mom2_n_tokens"], seq_len=cfg["mom2_seq_len"],
+                                accum_dtype=cfg["mom2_dtype"], cache=StatsCache(tmp), progress=ctx.progress)
+    return {"stats_id": result.stats_id, "n_tokens": result.n_tokens, "keys": result.keys}
+
+
 def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
     """Edit the base model with the run's records; the edit folder (model + deltas + manifest) is the artifact."""
     from editdecay.edit.api import edit_to_folder
+    from editdecay.edit.stats import StatsCache
 
     if (out_dir / "manifest.json").exists() and (out_dir / "config.json").exists():
         return {"model": ".", "reused": True}
     cfg = spec.config
-    kwargs: dict[str, Any] = {"hparams": cfg["hparams"], "seed": cfg["seed"]}
-    import inspect
-
-    params = inspect.signature(edit_to_folder).parameters
-    if "stats_dir" in params:  # second moments are cached once per workdir and shared by every edit
-        kwargs["stats_dir"] = ctx.workdir / "stats"
-    if "progress" in params:
-        kwargs["progress"] = ctx.progress
-    edit_to_folder(model_source(inputs["model"]), _records(spec), out_dir, cfg["method"], **kwargs)
-    return {"model": "."}
+    result = edit_to_folder(model_source(inputs["model"]), _records(spec), out_dir, cfg["method"],
+                            hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
+                            progress=ctx.progress, records_source=cfg["edit_data"])
+    return {"model": ".", "stats_id": result.stats_id}
 
 
 def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
@@ -126,6 +139,7 @@ def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
 
 STAGE_FUNCTIONS: dict[str, StageFn] = {
     "base": run_base,
+    "stats": run_stats,
     "edit": run_edit,
     "finetune": run_finetune,
     "evaluate": run_evaluate,
