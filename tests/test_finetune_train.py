@@ -1,0 +1,223 @@
+"""Fine-tuning on tiny models: exactly the chosen parameters change, adapters merge faithfully, runs resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from editdecay.cli import main as cli_main
+from editdecay.data.records import EditRecord
+from editdecay.errors import ConfigError
+from editdecay.finetune.api import finetune
+from editdecay.models.arch import get_adapter
+
+BASE = {"batch_size": 2, "max_length": 64, "warmup_steps": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a shared, busy CPU the OpenMP barriers of two
+    threads make each tiny matmul ~20x slower; restore the session's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def short_data(tmp_path_factory):
+    """Twelve short prompt/response pairs: the tests need real gradients, not long sequences."""
+    path = tmp_path_factory.mktemp("ftdata") / "train.jsonl"
+    facts = ["water boils at 100 degrees", "the sun rises in the east", "cats have four legs", "ice is cold",
+             "Paris is in France", "two plus two is four", "the sky is blue", "bees make honey",
+             "fish live in water", "snow is white", "birds can fly", "grass is green"]
+    path.write_text("".join(json.dumps({"prompt": f"Fact {i}: ", "response": f}) + "\n" for i, f in enumerate(facts)))
+    return str(path)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], folder) -> set[str]:
+    after = load_file(str(folder / "model.safetensors"))
+    missing = set(before) - set(after)
+    assert not missing - {"lm_head.weight"}, f"saved model lacks {missing}"  # lm_head may be tied
+    return {k for k in after if not torch.equal(after[k], before[k])}
+
+
+@pytest.mark.parametrize("ft_type", ["full", "lora", "dora"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_only_selected_parameters_change(make_tiny, tmp_path, short_data, ft_type, arch):
+    """Each layer selection (all, edited, non-edited, list): every weight outside it is bit-identical after training."""
+    edit_dir = tmp_path / "edit"
+    edit_dir.mkdir()
+    (edit_dir / "manifest.json").write_text(json.dumps({"stage": "edit", "layers": [1, 2], "records": []}))
+    for layers, expected_layers in (("all", [0, 1, 2, 3]), ("edited", [1, 2]), ("non-edited", [0, 3]), ([3], [3])):
+        model, tok = make_tiny(arch)
+        adapter = get_adapter(model)
+        before = _state(model)
+        out = tmp_path / f"{ft_type}-{layers}"
+        cfg = {**BASE, "data": short_data, "type": ft_type, "layers": layers, "modules": "attn,mlp", "max_steps": 2, "lr": 1e-3}
+        manifest = finetune(model, cfg, out, tokenizer=tok, edit_dir=edit_dir, progress=False)
+        assert manifest["layers"] == expected_layers
+        assert sorted(int(k) for k in manifest["trained_parameters"]) == expected_layers
+        expected = {f"{adapter.layers}.{i}.{p}.weight" for i in expected_layers
+                    for p in adapter.projection_names("attn,mlp")}
+        if ft_type == "full" and arch == "gpt2":  # full FT also trains the projections' biases
+            expected |= {n.replace(".weight", ".bias") for n in expected}
+        assert _changed(before, out) == expected
+
+
+def test_dora_magnitude_trains(make_tiny, tmp_path, short_data):
+    """DoRA's magnitude starts at the row norms of W (closed form) and moves away from them with training."""
+    model, tok = make_tiny("llama")
+    weight = model.model.layers[1].mlp.down_proj.weight.detach().clone()
+    cfg = {**BASE, "data": short_data, "type": "dora", "layers": [1], "modules": "down_proj", "max_steps": 2, "lr": 1e-2}
+    manifest = finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    (name,) = [k for k in adapter if "magnitude" in k]
+    assert any("magnitude" in n for n in manifest["trained_parameter_names"])
+    init = torch.linalg.vector_norm(weight, dim=1)
+    assert adapter[name].shape == init.shape
+    assert not torch.allclose(adapter[name], init, atol=1e-6)
+    # and the peft init really is that closed form: a zero-step model would keep it
+    from peft import LoraConfig, get_peft_model
+
+    fresh, _ = make_tiny("llama")
+    peft_model = get_peft_model(fresh, LoraConfig(r=4, target_modules=["model.layers.1.mlp.down_proj"], use_dora=True))
+    magnitude = peft_model.base_model.model.model.layers[1].mlp.down_proj.lora_magnitude_vector["default"].weight
+    torch.testing.assert_close(magnitude, init)
+
+
+@pytest.mark.parametrize("ft_type", ["lora", "dora"])
+def test_merged_model_equals_adapter_model(make_tiny, tmp_path, short_data, ft_type):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tok = make_tiny("llama")
+    cfg = {**BASE, "data": short_data, "type": ft_type, "layers": "all", "max_steps": 3, "lr": 5e-3}
+    finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    base, _ = make_tiny("llama")
+    with_adapter = PeftModel.from_pretrained(base, tmp_path / "out" / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = tok(["The capital of France is", "Answer format: true/false"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        a = with_adapter(**ids).logits
+        b = merged(**ids).logits
+        plain = make_tiny("llama")[0](**ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert (a - plain).abs().max() > 1e-3  # the adapter did change the model
+
+
+def test_grad_accumulation_equals_big_batch(make_tiny, tmp_path, short_data):
+    """Token-weighted loss: 2 micro-batches of 1 give the same update as one batch of 2."""
+    outs = []
+    for bs, accum in ((2, 1), (1, 2)):
+        model, tok = make_tiny("llama")
+        cfg = {**BASE, "data": short_data, "type": "full", "layers": [1], "max_steps": 1, "lr": 1e-3, "batch_size": bs,
+               "grad_accum": accum, "seed": 5}
+        finetune(model, cfg, tmp_path / f"bs{bs}", tokenizer=tok, progress=False)
+        outs.append(load_file(str(tmp_path / f"bs{bs}" / "model.safetensors")))
+    log_a = [json.loads(x) for x in (tmp_path / "bs2" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "bs1" / "train_log.jsonl").read_text().splitlines()]
+    assert sorted(log_a[0]["examples"]) == sorted(log_b[0]["examples"])
+    assert log_a[0]["loss"] == pytest.approx(log_b[0]["loss"], rel=1e-5)
+    for key in outs[0]:
+        torch.testing.assert_close(outs[0][key], outs[1][key], atol=1e-6, rtol=1e-5)
+
+
+def _log(folder):
+    return [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_crash_and_interrupt(make_tiny, tmp_path, short_data):
+    """A crash resumes from the last checkpoint, Ctrl-C from the step it stopped at; both end bit-identical."""
+    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "all", "max_steps": 6, "grad_accum": 2, "max_examples": 10,
+           "checkpoint_every": 2, "lr": 1e-3}  # 5 micro-batches an epoch: the run crosses an epoch boundary
+    model, tok = make_tiny("llama")
+    ref = finetune(model, cfg, tmp_path / "ref", tokenizer=tok, progress=False)
+    assert ref["resumed_from"] == 0
+
+    def crash_at(n, exc):
+        def hook(step, row):
+            if step == n:
+                raise exc
+        return hook
+
+    for name, exc, stop, resumed in (("crash", RuntimeError("power cut"), 3, 2), ("ctrl-c", KeyboardInterrupt(), 5, 5)):
+        out = tmp_path / name
+        with pytest.raises(type(exc)):
+            finetune(make_tiny("llama")[0], cfg, out, tokenizer=tok, progress=False, on_step=crash_at(stop, exc))
+        assert not out.exists() and (tmp_path / f"{name}.partial" / "checkpoint" / "state.json").exists()
+        manifest = finetune(make_tiny("llama")[0], cfg, out, tokenizer=tok, progress=False)
+        assert manifest["resumed_from"] == resumed and manifest["steps"] == 6
+        assert not (tmp_path / f"{name}.partial").exists()
+        log, ref_log = _log(out), _log(tmp_path / "ref")
+        assert [r["step"] for r in log] == list(range(1, 7))
+        assert [r["examples"] for r in log] == [r["examples"] for r in ref_log]  # same data order
+        assert [r["loss"] for r in log] == [r["loss"] for r in ref_log]
+        for fname in ("model.safetensors", "adapter/adapter_model.safetensors"):
+            a, b = load_file(str(tmp_path / "ref" / fname)), load_file(str(out / fname))
+            assert all(torch.equal(a[k], b[k]) for k in a), fname
+
+
+def test_refuses_other_runs_and_reuses_finished(make_tiny, tmp_path, short_data):
+    cfg = {**BASE, "data": short_data, "type": "lora", "layers": [0], "max_steps": 1}
+    model, tok = make_tiny("llama")
+    first = finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    again = finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    assert again["run_hash"] == first["run_hash"] and again["timings"] == first["timings"]  # not retrained
+    with pytest.raises(ConfigError, match="different fine-tuning run"):
+        finetune(make_tiny("llama")[0], {**cfg, "seed": 1}, tmp_path / "out", tokenizer=tok, progress=False)
+    with pytest.raises(ConfigError, match="different fine-tuning run"):  # other base weights, same settings
+        finetune(make_tiny("llama", seed=1)[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    other = finetune(make_tiny("llama")[0], {**cfg, "seed": 1}, tmp_path / "out", tokenizer=tok, progress=False,
+                     overwrite=True)
+    assert other["run_hash"] != first["run_hash"] and other["config"]["seed"] == 1
+    with pytest.raises(ConfigError, match="needs an edit manifest"):
+        finetune(make_tiny("llama")[0], {**cfg, "layers": "edited"}, tmp_path / "o2", tokenizer=tok, progress=False)
+
+
+def _edit_folder(model, tok, folder, layers):
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    records = [EditRecord(case_id=str(i), subject=s, prompt="{} is located in", target_new=t, target_true="Paris",
+                          paraphrase_prompts=[f"Where is {s}? It is in"], neighborhood_prompts=["The Louvre is in"],
+                          neighborhood_answers=["Paris"], dataset="counterfact")
+               for i, (s, t) in enumerate((("The Eiffel Tower", "Rome"), ("Notre Dame", "Berlin")))]
+    manifest = {"stage": "edit", "method": "none", "layers": layers, "records": [r.to_dict() for r in records]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
+    """`editdecay finetune --model EDIT_DIR ... --track-edits EDIT_DIR --eval-every K` on a tiny edit folder."""
+    model, tok = make_tiny("llama")
+    edit_dir = tmp_path / "edit"
+    _edit_folder(model, tok, edit_dir, [1, 2])
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}: ", "response": f"answer {i}"}) + "\n" for i in range(8)))
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", str(edit_dir), "--type", "lora", "--layers", "edited", "--data", str(data),
+            "--max-steps", "5", "--track-edits", str(edit_dir), "--eval-every", "2", "--seed", "1",
+            "--batch-size", "2", "--set", "r=4", "--set", "warmup_steps=0", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"] == [1, 2] and set(manifest["trained_parameters"]) == {"1", "2"}
+    assert manifest["config"]["r"] == 4 and manifest["tracked_records"] == 2
+    assert manifest["edit_manifest"] == str(edit_dir / "manifest.json")
+    trajectory = json.loads((out / "trajectory.json").read_text())
+    assert [p["step"] for p in trajectory] == [0, 2, 4, 5]
+    assert all(0.0 <= p[m] <= 1.0 for p in trajectory for m in ("efficacy", "paraphrase", "neighborhood"))
+    assert (out / "adapter" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out)  # plain transformers loads the merged folder
+    capsys.readouterr()
+    assert cli_main(argv[:-3] + ["--set", "bogus=1", "--out", str(tmp_path / "x")]) == 1
+    assert "bogus" in capsys.readouterr().err
+    assert cli_main([a if a != "edited" else "9" for a in argv[:-3]] + ["--out", str(tmp_path / "y")]) == 1
+    assert "out of range" in capsys.readouterr().err
