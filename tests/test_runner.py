@@ -1,0 +1,238 @@
+"""The runner on the tiny grid with the real stages: end to end, failures, retry, adoption, kill -9 and resume.
+
+One reference run (module fixture) is shared by the tests: its first pass makes AlphaEdit's edit fail, its
+second pass (``retry_failed``) completes the grid. A second, independent run in a subprocess with two worker
+processes is killed with SIGKILL half-way and resumed; its numbers must equal the reference exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from editdecay.cli import main
+from editdecay.errors import ConfigError, EditDecayError
+from editdecay.experiment.runner import run_grid, workdir_lock
+from editdecay.experiment.stages import MARKER, run_edit
+from editdecay.experiment.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
+
+def edit_failing_for_alphaedit(spec, inputs, out_dir, ctx):
+    """The real edit stage, except that AlphaEdit raises (a stage failure the runner must record and survive)."""
+    if spec.config["method"] == "alphaedit":
+        raise RuntimeError("injected failure: AlphaEdit is down")
+    return run_edit(spec, inputs, out_dir, ctx)
+
+
+def all_numbers(store: Path) -> dict[tuple, float]:
+    """Every summary and per-record number of every run's four groups, keyed independently of stage ids."""
+    con = sqlite3.connect(store)
+    rows = con.execute(
+        "SELECT r.method, r.ft_type, g.grp, 'summary', m.metric, m.value FROM runs r JOIN run_groups g USING (run_id)"
+        " JOIN metrics m ON m.eval_stage_id = g.eval_stage_id UNION ALL "
+        "SELECT r.method, r.ft_type, g.grp, rm.case_id, rm.metric, rm.value FROM runs r JOIN run_groups g"
+        " USING (run_id) JOIN record_metrics rm ON rm.eval_stage_id = g.eval_stage_id UNION ALL "
+        "SELECT r.method, r.ft_type, 'traj', t.step, t.metric, t.value FROM runs r JOIN run_stages s USING (run_id)"
+        " JOIN trajectories t ON t.ft_stage_id = s.stage_id WHERE s.role = 'finetune_edit'"
+    ).fetchall()
+    con.close()
+    out = {tuple(r[:5]): r[5] for r in rows}
+    assert len(out) == len(rows)  # no row counted twice
+    return out
+
+
+def stage_rows(store: Path) -> dict[str, tuple]:
+    con = sqlite3.connect(store)
+    rows = con.execute("SELECT stage_id, status, attempts, started_at, finished_at, adopted FROM stages").fetchall()
+    con.close()
+    return {r[0]: r[1:] for r in rows}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reference")
+    store, work = base / "results.db", base / "work"
+    first = run_grid(TINY, store, workdir=work, stage_fns={"edit": edit_failing_for_alphaedit}, progress=False)
+    after_first = stage_rows(store)
+    with Store(store) as db:
+        status_first = db.summary()
+    second = run_grid(TINY, store, workdir=work, retry_failed=True, progress=False)
+    return {"store": store, "work": work, "first": first, "after_first": after_first,
+            "status_first": status_first, "second": second}
+
+
+def test_failed_stage_is_recorded_and_independent_stages_go_on(reference):
+    first = reference["first"]
+    assert len(first.failed) == 1 and first.failed[0].startswith("edit-")
+    # AlphaEdit's fine-tunes of the edit and the M_ed / M_ed_ft evaluations of its two runs wait on it
+    assert len(first.skipped) == 2 + 2 + 1
+    assert first.runs == {"done": 2, "failed": 2} and first.complete
+    failed = reference["status_first"]["failed"]
+    assert "injected failure: AlphaEdit is down" in failed[0]["error"] and failed[0]["attempts"] == 1
+    # the M and M_ft groups of the AlphaEdit runs were measured: they are shared with MEMIT's runs
+    assert len(first.executed) == 19 - 1 - 5
+
+
+def test_retry_failed_completes_the_grid_without_recomputing(reference):
+    second, before = reference["second"], reference["after_first"]
+    assert second.runs == {"done": 4} and not second.failed and not second.skipped
+    assert len(second.executed) == 1 + 5  # the failed edit and what waited on it
+    after = stage_rows(reference["store"])
+    for sid, row in before.items():
+        if row[0] == "done":
+            assert after[sid] == row, f"{sid} was recomputed"
+    edit_id = reference["first"].failed[0]
+    assert after[edit_id][0] == "done" and after[edit_id][1] == 2  # second attempt
+
+
+def test_end_to_end_store_holds_four_groups_per_run(reference):
+    store = reference["store"]
+    with Store(store) as db:
+        assert db.integrity_check() == []
+        runs = [r["run_id"] for r in db.query("SELECT run_id FROM runs WHERE status='done'")]
+        assert len(runs) == 4
+        for run_id in runs:
+            groups = db.group_metrics(run_id)
+            assert set(groups) == {"M", "M_ft", "M_ed", "M_ed_ft"}
+            for metrics in groups.values():
+                assert {"efficacy", "paraphrase", "neighborhood", "downstream_mean"} <= set(metrics)
+                assert all(0.0 <= metrics[k] <= 1.0 for k in ("efficacy", "paraphrase", "neighborhood"))
+        n_records = db.query("SELECT COUNT(*) AS n FROM records")[0]["n"]
+        assert n_records == 3
+        per_record = db.query("SELECT COUNT(DISTINCT case_id) AS n FROM record_metrics")[0]["n"]
+        assert per_record == 3
+        assert db.query("SELECT COUNT(*) AS n FROM downstream WHERE task='boolq'")[0]["n"] == 9
+        traj = db.query("SELECT COUNT(DISTINCT ft_stage_id) AS n FROM trajectories")[0]["n"]
+        assert traj == 4  # every fine-tune of an edited model tracked its edits
+    # the edit folders are real edit artifacts: manifest with the run's records and the deltas file
+    edits = sorted((reference["work"] / "stages" / "edit").iterdir())
+    assert len(edits) == 2
+    for folder in edits:
+        assert (folder / "deltas.safetensors").exists() and (folder / MARKER).exists()
+
+
+def test_rerun_finds_everything_done(reference):
+    again = run_grid(TINY, reference["store"], workdir=reference["work"], progress=False)
+    assert again.executed == [] and again.adopted == [] and again.runs == {"done": 4}
+
+
+def test_complete_artifact_without_done_row_is_adopted_not_recomputed(reference, tmp_path):
+    store = tmp_path / "copy.db"
+    shutil.copy(reference["store"], store)
+    victims = sorted(s for s, row in stage_rows(store).items() if s.startswith(("evaluate-", "finetune-")))[:3]
+    con = sqlite3.connect(store)
+    for sid in victims:  # what a kill between "artifact renamed" and "row marked done" leaves behind
+        con.execute("UPDATE stages SET status='running' WHERE stage_id=?", (sid,))
+        for table, col in (("metrics", "eval_stage_id"), ("record_metrics", "eval_stage_id"),
+                           ("downstream", "eval_stage_id"), ("trajectories", "ft_stage_id")):
+            con.execute(f"DELETE FROM {table} WHERE {col}=?", (sid,))
+    con.commit()
+    con.close()
+    result = run_grid(TINY, store, workdir=reference["work"], progress=False)
+    assert sorted(result.adopted) == victims and result.executed == []
+    assert all_numbers(store) == all_numbers(reference["store"])
+    rows = stage_rows(store)
+    assert all(rows[s][4] == 1 and rows[s][1] == 1 for s in victims)  # adopted, attempts unchanged
+    with Store(store) as db:
+        assert db.integrity_check() == []
+
+
+def _wait_for_done(store: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, "the runner finished before it could be killed"
+        if store.exists():
+            try:
+                con = sqlite3.connect(store, timeout=5)
+                done = con.execute("SELECT COUNT(*) FROM stages WHERE status='done'").fetchone()[0]
+                con.close()
+                if done >= n:
+                    return done
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {n} stages done after {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("killed")
+    store, work = base / "results.db", base / "work"
+    cmd = [sys.executable, "-m", "editdecay.cli", "run", str(TINY), "--store", str(store), "--workdir", str(work),
+           "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_done(store, 8, proc)
+        before = stage_rows(store)
+        markers = {p.parent.name: p.stat().st_mtime_ns for p in work.glob(f"stages/*/*/{MARKER}")}
+        os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker processes, mid-grid
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = subprocess.run(cmd[:-3] + ["--no-progress"], capture_output=True, text=True, timeout=300)
+    return {"store": store, "work": work, "before": before, "markers": markers, "resumed": resumed}
+
+
+def test_sigkill_mid_grid_then_resume_completes_every_run_exactly_once(killed_and_resumed):
+    k = killed_and_resumed
+    assert k["resumed"].returncode == 0, k["resumed"].stdout + k["resumed"].stderr
+    assert "runs: 4 done" in k["resumed"].stdout
+    before, after = k["before"], stage_rows(k["store"])
+    done_before = [s for s, row in before.items() if row[0] == "done"]
+    assert 8 <= len(done_before) < 19
+    for sid in done_before:  # finished stages are neither recomputed nor rewritten
+        assert after[sid] == before[sid]
+    for sid, mtime in k["markers"].items():
+        assert (next(k["work"].glob(f"stages/*/{sid}")) / MARKER).stat().st_mtime_ns == mtime
+    assert all(row[0] == "done" for row in after.values())
+    con = sqlite3.connect(k["store"])
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs WHERE status='done'").fetchone() == (4, 4)
+    assert con.execute("SELECT COUNT(*) FROM run_groups").fetchone()[0] == 16
+    con.close()
+    with Store(k["store"]) as db:
+        assert db.integrity_check() == []
+
+
+def test_same_config_and_seed_twice_gives_identical_metrics(reference, killed_and_resumed):
+    # two independent runs of the same grid (in-process vs 2 worker processes, killed and resumed)
+    a, b = all_numbers(reference["store"]), all_numbers(killed_and_resumed["store"])
+    assert len(a) > 200 and a == b
+
+
+def test_status_command_reports_progress_and_integrity(killed_and_resumed, capsys):
+    assert main(["status", "--store", str(killed_and_resumed["store"]), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "runs: 4 (4 done)" in out and "integrity: ok" in out
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    raw["models"] = ["tiny:llama", "no-such-model"]
+    grid = tmp_path / "bad.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="unknown model 'no-such-model'"):
+        run_grid(grid, tmp_path / "r.db", workdir=tmp_path / "work", progress=False)
+    assert not (tmp_path / "r.db").exists() and not (tmp_path / "work").exists()
+    assert main(["run", str(grid), "--store", str(tmp_path / "r.db")]) == 1
+    assert not (tmp_path / "r.db").exists()
+
+
+def test_one_runner_per_workdir(tmp_path):
+    with workdir_lock(tmp_path):
+        with pytest.raises(EditDecayError, match="another `editdecay run` is using"):
+            with workdir_lock(tmp_path):
+                pass
