@@ -12,7 +12,7 @@ from editdecay.report import plots, render, tables
 from editdecay.report.load import Results, load_results
 from editdecay.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-MAIN_TABLES = ("findings", "edit_metrics", "relative_decrease_by_ft_type", "relative_decrease_by_model", "efr",
+MAIN_TABLES = ("edit_metrics", "relative_decrease_by_ft_type", "relative_decrease_by_model", "efr",
                "selective_layers")
 
 

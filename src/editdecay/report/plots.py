@@ -83,8 +83,8 @@ def survival_heatmap(res: Results) -> Figure | Skipped:
     models = sorted({k[0] for k in cells})
     methods = sorted({k[1] for k in cells})
     fts = sorted({k[2] for k in cells})
-    fig, axes = plt.subplots(1, len(models), figsize=(1.6 + 1.3 * len(fts) * len(models), 0.9 + 0.6 * len(methods)),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(2.2 + 1.5 * len(fts) * len(models), 1.2 + 0.6 * len(methods)),
+                             squeeze=False, sharey=True, layout="constrained")
     for ax, model in zip(axes[0], models, strict=True):
         grid = np.full((len(methods), len(fts)), np.nan)
         for i, method in enumerate(methods):
@@ -106,39 +106,59 @@ def survival_heatmap(res: Results) -> Figure | Skipped:
                   "seeds and settings; full-layer fine-tuning runs.", _png(fig))
 
 
+LAYER_COLORS = {"all": "tab:blue", "edited": "tab:red", "non-edited": "tab:green"}
+METHOD_STYLES = ("-", "--", ":", "-.")
+
+
 def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
-    """Efficacy over fine-tuning steps, mean over seeds, one line per method × ft type × layers."""
+    """Efficacy over fine-tuning steps: a panel per model × ft type, a line per method × layer selection."""
     title = "Decay over fine-tuning steps"
-    lines: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    lines: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
         stage = res.edited_ft_stage(run)
         points = res.trajectories.get(stage.stage_id, []) if stage else []
         for p in points:
             if metric in p and not math.isnan(p[metric]):
-                lines[(run.model, f"{run.method} / {run.ft_type} / {run.layer_selection}")][int(p["step"])].append(
-                    p[metric])
+                key = (run.model, run.ft_type, run.method, run.layer_selection)
+                lines[key][int(p["step"])].append(p[metric])
     if not lines:
         return Skipped("trajectories", title, "no fine-tuning stage of an edited model recorded a trajectory")
     plt = _plt()
     models = sorted({k[0] for k in lines})
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 3.6), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        for (m, label), steps in sorted(lines.items()):
-            if m != model:
-                continue
-            xs = sorted(steps)
-            ax.plot(xs, [100.0 * float(np.mean(steps[s])) for s in xs], marker="o", ms=3, label=label)
-        ax.set_title(model, fontsize=10)
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel(f"{metric} %")
-        ax.set_ylim(-2, 102)
-        ax.legend(fontsize=7)
-    return Figure("trajectories", title, f"{metric.capitalize()} of the tracked edits during fine-tuning (mean over "
-                  "seeds).", _png(fig))
+    fts = sorted({k[1] for k in lines})
+    methods = sorted({k[2] for k in lines})
+    fig, axes = plt.subplots(len(models), len(fts), figsize=(3.6 * len(fts) + 1.5, 2.8 * len(models)), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    for (model, ft, method, layers), steps in sorted(lines.items()):
+        ax = axes[models.index(model)][fts.index(ft)]
+        xs = sorted(steps)
+        ax.plot(xs, [100.0 * float(np.mean(steps[s])) for s in xs], marker="o", ms=3,
+                color=LAYER_COLORS.get(layers, "tab:purple"), ls=METHOD_STYLES[methods.index(method) % 4],
+                label=f"{method}, {layers} layers")
+    for i, model in enumerate(models):
+        for j, ft in enumerate(fts):
+            ax = axes[i][j]
+            ax.set_title(f"{model} / {ft}", fontsize=9)
+            ax.set_ylim(-2, 102)
+            if i == len(models) - 1:
+                ax.set_xlabel("fine-tuning step")
+            if j == 0:
+                ax.set_ylabel(f"{metric} %")
+    seen: dict[str, Any] = {}
+    for row in axes:
+        for ax in row:
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
+    return Figure("trajectories", title, f"{metric.capitalize()} of the tracked edits during fine-tuning, mean over "
+                  "seeds; colour: layer selection, line style: editing method.", _png(fig))
+
+
+FT_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def tradeoff(res: Results) -> Figure | Skipped:
-    """Edit removal (ES drop) against downstream cost for each fine-tuning type × layer selection."""
+    """Edit removal (ES drop) against downstream cost, per fine-tuning type × layer selection."""
     title = "Edit removal vs downstream cost"
     points: dict[tuple[str, str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for run in res.runs:
@@ -151,24 +171,37 @@ def tradeoff(res: Results) -> Figure | Skipped:
     if not points:
         return Skipped("tradeoff", title, "no run has efficacy and downstream scores for both M_ed and M_ed_ft")
     plt = _plt()
-    models = sorted({k[0] for k in points})
-    markers = {"all": "o", "edited": "s", "non-edited": "^"}
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.0), squeeze=False)
-    for ax, model in zip(axes[0], models, strict=True):
-        for (m, method, ft, layers), vals in sorted(points.items()):
-            if m != model:
+    panels = sorted({k[:2] for k in points})
+    fts = sorted({k[2] for k in points})
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.6, 3.4 * nrows), squeeze=False, sharey=True,
+                             layout="constrained")
+    flat = list(axes.ravel())
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (model, method) in zip(flat, panels, strict=False):
+        for (m, meth, ft, layers), vals in sorted(points.items()):
+            if (m, meth) != (model, method):
                 continue
             x, y = float(np.mean([v[0] for v in vals])), float(np.mean([v[1] for v in vals]))
-            ax.scatter([x], [y], marker=markers.get(layers, "D"), s=50)
-            ax.annotate(f"{method}/{ft}/{layers}", (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.scatter([x], [y], marker=FT_MARKERS[fts.index(ft) % len(FT_MARKERS)], s=55,
+                       color=LAYER_COLORS.get(layers, "tab:purple"), label=f"{ft}, {layers} layers",
+                       edgecolors="black", linewidths=0.4)
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel("downstream cost: score(M_ed) − score(M_ed_ft), points")
-        ax.set_ylabel("edit removal: ES(M_ed) − ES(M_ed_ft), points")
-        ax.set_title(model, fontsize=10)
-    return Figure("tradeoff", title, "Each point: one method / fine-tuning type / layer selection, mean over seeds. "
-                  "Up = more edits removed; right = more downstream ability lost. Marker: ○ all layers, □ edited "
-                  "layers only, △ non-edited layers only.", _png(fig))
+        ax.set_xlabel("downstream cost (points)")
+        ax.set_title(f"{model} / {method}", fontsize=9)
+    for row in axes:
+        row[0].set_ylabel("edit removal: ES drop (points)")
+    seen: dict[str, Any] = {}
+    for ax in flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
+    return Figure("tradeoff", title, "Each point: one fine-tuning type and layer selection, mean over seeds. "
+                  "y: ES(M_ed) − ES(M_ed_ft); x: downstream score(M_ed) − score(M_ed_ft) (positive = ability lost). "
+                  "Colour: layer selection; marker: fine-tuning type.", _png(fig))
 
 
 # --- survival vs target frequency --------------------------------------------------------------------------
@@ -333,7 +366,7 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
         notes.append(f"Per-layer weight change: showing the first {max_figures} of {len(chosen)} configurations.")
     plt = _plt()
     items = list(chosen.items())[:max_figures]
-    fig, axes = plt.subplots(len(items), 1, figsize=(7.5, 2.4 * len(items)), squeeze=False)
+    fig, axes = plt.subplots(len(items), 1, figsize=(7.5, 2.4 * len(items)), squeeze=False, layout="constrained")
     for ax, (key, (edit_dir, ft_dir)) in zip(axes[:, 0], items, strict=True):
         try:
             ft_change, edit_change, edited = layer_change(edit_dir, ft_dir)
@@ -344,18 +377,20 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
         layers = sorted(ft_change)
         for layer in edited:
             ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.2, lw=0)
-        ax.bar(layers, [ft_change[i] for i in layers], color="tab:blue", label="fine-tuning ‖ΔW‖/‖W‖ (all weights)")
+        ax.bar(layers, [ft_change[i] for i in layers], color="tab:blue")
+        ax.set_ylabel("fine-tuning ‖ΔW‖/‖W‖", color="tab:blue", fontsize=8)
         if edit_change:
-            ax.plot(sorted(edit_change), [edit_change[i] for i in sorted(edit_change)], "o", color="tab:red",
-                    label="edit ‖ΔW‖/‖W‖ (rewritten projection)")
+            twin = ax.twinx()
+            twin.plot(sorted(edit_change), [edit_change[i] for i in sorted(edit_change)], "o", color="tab:red")
+            twin.set_ylabel("edit ‖ΔW‖/‖W‖", color="tab:red", fontsize=8)
+            twin.set_ylim(bottom=0)
         ax.set_title(" / ".join(map(str, key)) + " (shaded: edited layers)", fontsize=9)
         ax.set_xlabel("layer")
-        ax.set_ylabel("relative change")
-        ax.legend(fontsize=7)
     return [Figure("layer_change", "Where fine-tuning changed the weights vs where the edits live",
-                   "Relative weight change per layer between the fine-tuned model and the edited model it started "
-                   "from (bars), the edits' relative change of the rewritten projection (dots), edited layers "
-                   "shaded.", _png(fig))], notes
+                   "Blue bars (left axis): relative weight change ‖W_ft − W_ed‖/‖W_ed‖ per layer, over all of the "
+                   "layer's weights, between the fine-tuned model and the edited model it started from. Red dots "
+                   "(right axis): the edit's ‖ΔW‖/‖W‖ of the rewritten projection. Shaded: edited layers.",
+                   _png(fig))], notes
 
 
 def all_figures(res: Results, corpus_loader: CorpusLoader = default_corpus_loader) -> tuple[

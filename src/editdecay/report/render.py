@@ -59,6 +59,10 @@ def _cell(row: dict[str, Any], key: str, kind: str) -> str:
     return format_value(row.get(key), kind)
 
 
+def _constants(constant: list[tuple[str, Any]]) -> str:
+    return ", ".join(f"{label} = {value}" for label, value in constant)
+
+
 def _unit(kind: str) -> str:
     return " %" if kind == "pct" else ""
 
@@ -114,15 +118,18 @@ def table_html(table: Table) -> str:
         out.append('<p class="skipped">No rows: the store holds no data for this table.</p>')
         return "\n".join(out)
     rows, cut = table.shown()
+    columns, constant = table.display_columns()
+    if constant:
+        out.append(f'<p class="caption">Every row: {esc_html(_constants(constant))}.</p>')
     if cut:
         out.append(f'<p class="caption">{esc_html(cut)}</p>')
     out.append('<div class="wrap"><table><thead><tr>')
-    out += [f"<th>{esc_html(c.label + _unit(c.kind))}</th>" for c in table.columns]
+    out += [f"<th>{esc_html(c.label + _unit(c.kind))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for row in rows:
         cells = "".join(
             f'<td{"" if c.kind == "str" else " class=num"}>{esc_html(_cell(row, c.key, c.kind))}</td>'
-            for c in table.columns)
+            for c in columns)
         out.append(f"<tr>{cells}</tr>")
     out.append("</tbody></table></div>")
     return "\n".join(out)
@@ -139,7 +146,7 @@ def render_html(report: Report) -> str:
         parts.append(f'<div class="finding"><span class="verdict {esc_html(cls)}">{esc_html(f.verdict)}</span> '
                      f"{esc_html(f.claim)}<div class=\"evidence\">{esc_html(f.evidence)}</div></div>")
     parts.append("<h2>Tables</h2>")
-    parts += [table_html(t) for t in report.tables]
+    parts += [table_html(t) for t in report.tables if t.name != "findings"]
     parts.append("<h2>Figures</h2>")
     for fig in report.figures:
         parts.append(f"<h3>{esc_html(fig.title)}</h3>")
@@ -164,12 +171,15 @@ def table_md(table: Table) -> str:
     if not table.rows:
         return "\n".join(out + ["No rows: the store holds no data for this table.", ""])
     rows, cut = table.shown()
+    columns, constant = table.display_columns()
+    if constant:
+        out += [f"Every row: {esc_md(_constants(constant))}.", ""]
     if cut:
         out += [esc_md(cut), ""]
-    out.append("| " + " | ".join(esc_md(c.label + _unit(c.kind)) for c in table.columns) + " |")
-    out.append("| " + " | ".join("---" if c.kind == "str" else "---:" for c in table.columns) + " |")
+    out.append("| " + " | ".join(esc_md(c.label + _unit(c.kind)) for c in columns) + " |")
+    out.append("| " + " | ".join("---" if c.kind == "str" else "---:" for c in columns) + " |")
     for row in rows:
-        out.append("| " + " | ".join(esc_md(_cell(row, c.key, c.kind)) for c in table.columns) + " |")
+        out.append("| " + " | ".join(esc_md(_cell(row, c.key, c.kind)) for c in columns) + " |")
     return "\n".join(out + [""])
 
 
@@ -179,7 +189,7 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
     out += ["", "## Findings", ""]
     out += [f"- **{esc_md(f.verdict)}**: {esc_md(f.claim)}. {esc_md(f.evidence)}" for f in report.findings]
     out += ["", "## Tables", ""]
-    out += [table_md(t) for t in report.tables]
+    out += [table_md(t) for t in report.tables if t.name != "findings"]
     out += ["## Figures", ""]
     for fig in report.figures:
         out.append(f"### {esc_md(fig.title)}")
@@ -201,16 +211,20 @@ def _clean(text: str) -> str:
 
 
 def table_text(table: Table, max_width: int = 40) -> str:
-    header = [c.label + _unit(c.kind) for c in table.columns]
+    columns, constant = table.display_columns()
+    header = [c.label + _unit(c.kind) for c in columns]
     shown, cut = table.shown()
-    rows = [[_clean(_cell(r, c.key, c.kind))[:max_width] for c in table.columns] for r in shown]
+    rows = [[_clean(_cell(r, c.key, c.kind))[:max_width] for c in columns] for r in shown]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
-    right = [c.kind != "str" for c in table.columns]
+    right = [c.kind != "str" for c in columns]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True))
 
-    out = [f"== {table.title} ==", line(header), "  ".join("-" * w for w in widths)]
+    out = [f"== {table.title} =="]
+    if constant:
+        out.append(_clean(f"every row: {_constants(constant)}"))
+    out += [line(header), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in rows] or ["(no rows)"]
     if cut:
         out.append(cut)

@@ -42,6 +42,20 @@ class Table:
     columns: list[Column]
     rows: list[dict[str, Any]] = field(default_factory=list)
     display_limit: int | None = None  # HTML/Markdown/text show at most this many rows; CSV/LaTeX keep all
+    collapse_constant: bool = True  # HTML/Markdown/text fold configuration columns with one value into the caption
+
+    def display_columns(self) -> tuple[list[Column], list[tuple[str, Any]]]:
+        """Columns to show, and the configuration columns left out because every row has the same value."""
+        if not self.collapse_constant or len(self.rows) < 2:
+            return self.columns, []
+        shown, constant = [], []
+        for c in self.columns:
+            values = {str(r.get(c.key)) for r in self.rows}
+            if c.key in KEY_LABELS and len(values) == 1:
+                constant.append((c.label, self.rows[0].get(c.key)))
+            else:
+                shown.append(c)
+        return shown, constant
 
     def shown(self) -> tuple[list[dict[str, Any]], str | None]:
         """Rows to display and, when some are cut, the sentence that says so."""
