@@ -158,3 +158,28 @@ def test_bos_model_matches_reference_and_training_mode_is_restored(make_tiny, ti
         assert p_ids[0] == tok.bos_token_id
         t_ids = tok(cont, add_special_tokens=False)["input_ids"]
         assert s.logprobs == pytest.approx(_reference(model, p_ids, t_ids), abs=1e-4)
+
+
+def test_alternatives_sharing_a_prefix_equal_separate_scoring(make_tiny):
+    from editdecay.evaluate.scoring import score_alternatives
+
+    model, tok = make_tiny("llama", n_layers=2)
+    groups = [("the correct answer is", [" answer1", " answer2", " answer3"]), ("Rome is in", [" Italy", " France"]),
+              ("A", [" the", " of", " the"]), ("The city", [" x"])]
+    grouped = score_alternatives(model, tok, groups, batch_size=3)
+    for (prompt, conts), row in zip(groups, grouped, strict=True):
+        separate = score_continuations(model, tok, [(prompt, c) for c in conts], batch_size=1)
+        assert len(row) == len(conts)
+        for g, s in zip(row, separate, strict=True):
+            assert g.token_ids == s.token_ids
+            assert g.logprobs == pytest.approx(s.logprobs, abs=1e-4)
+            assert g.is_argmax == s.is_argmax
+
+
+def test_alternatives_closed_form_on_bigram(tiny_tok):
+    from editdecay.evaluate.scoring import score_alternatives
+
+    model = BigramLM(designed_table(len(tiny_tok), PROBS))
+    ((the, of),) = score_alternatives(model, tiny_tok, [("A is", [" the", " of"])])
+    assert the.logprobs[0] == pytest.approx(math.log(0.5), abs=1e-5) and the.is_argmax == (True,)
+    assert of.logprobs[0] == pytest.approx(math.log(0.25), abs=1e-5) and of.is_argmax == (False,)

@@ -116,16 +116,19 @@ def evaluate_model(
     batch_size: int = 32,
     progress: bool = True,
     fluency: bool = False,
+    perplexity_text: str | os.PathLike | None = None,
+    perplexity_tokens: int | None = 4096,
 ) -> dict[str, Any]:
     """The evaluation JSON: ``{"model", "data", "summary", "records", "downstream", "timings", "versions"}``.
 
     ``records`` (a file, a manifest, or EditRecords) takes precedence over ``data`` (a named data set);
-    ``downstream`` (e.g. ``"commonsense"``) adds per-task accuracies. At least one of them must be given.
+    ``downstream`` (e.g. ``"commonsense"``) adds per-task accuracies; ``perplexity_text`` (a raw-text corpus
+    name or file) adds ``perplexity`` on its first ``perplexity_tokens`` tokens. At least one must be given.
     """
     from editdecay.util.env import library_versions
 
-    if data is None and records is None and not downstream:
-        raise ConfigError("nothing to evaluate: give data/records (edit metrics) and/or downstream")
+    if data is None and records is None and not downstream and perplexity_text is None:
+        raise ConfigError("nothing to evaluate: give data/records (edit metrics), downstream and/or perplexity")
     if isinstance(model_name_or_path, tuple):
         model, tok = model_name_or_path
         model_label = type(model).__name__
@@ -161,6 +164,12 @@ def evaluate_model(
         out["downstream"] = evaluate_downstream(model, tok, tasks=downstream, limit=limit, seed=seed, mode=mode,
                                                 batch_size=max(1, batch_size // 2), progress=progress)
         timings["downstream_s"] = time.perf_counter() - start
+    if perplexity_text is not None:
+        from editdecay.evaluate.perplexity import perplexity
+
+        start = time.perf_counter()
+        out["perplexity"] = perplexity(model, tok, perplexity_text, max_tokens=perplexity_tokens, progress=progress)
+        timings["perplexity_s"] = time.perf_counter() - start
     out["timings"] = timings
     out["versions"] = library_versions()
     return out

@@ -6,7 +6,7 @@ Two modes:
   ``"the correct answer is"`` (the LLM-Adapters response format); each answer label (``" answer1"``,
   ``" true"``, ...) is scored as a continuation through :mod:`editdecay.evaluate.scoring` and the label with
   the highest total log-probability is the prediction. Labels that differ only in their final token (all of
-  LLM-Adapters' labels on BPE tokenizers) share one forward pass.
+  LLM-Adapters' labels on BPE tokenizers) share one sequence (:func:`scoring.score_alternatives`).
 - ``generate`` (the study's mode): greedy generation from the Alpaca prompt, then the first occurrence of one
   of the item's labels in the generated text is the prediction (LLM-Adapters' ``extract_answer``); no label
   found counts as wrong.
@@ -27,7 +27,7 @@ from torch import nn
 
 from editdecay.data.corpora import COMMONSENSE_TASKS, MCItem, alpaca_prompt, canonical_task, load_commonsense
 from editdecay.errors import ConfigError
-from editdecay.evaluate.scoring import continuation, score_token_ids, special_prefix
+from editdecay.evaluate.scoring import continuation, score_alternatives
 
 ANSWER_PREFIX = "the correct answer is"
 MODES = ("loglik", "generate")
@@ -60,39 +60,10 @@ def loglik_prompt(item: MCItem) -> str:
 
 def predict_loglik(model: nn.Module, tok: Any, items: Sequence[MCItem], batch_size: int = 16,
                    progress: bool = False) -> list[str]:
-    """The label with the highest total log-probability after the answer prefix, for each item."""
-    prefix = special_prefix(tok)
-    prompts = tok([loglik_prompt(it) for it in items], add_special_tokens=False)["input_ids"]
-    seq_items: list[tuple[list[int], list[int]]] = []
-    cands: list[list[int]] = []
-    plan: list[tuple[str, list[int]]] = []  # per item: ("shared", [seq index]) or ("each", [seq indices])
-    for it, p_ids in zip(items, prompts, strict=True):
-        label_ids = [tok(continuation(lab), add_special_tokens=False)["input_ids"] for lab in it.labels]
-        common = label_ids[0][:-1]
-        finals = [ids[-1] for ids in label_ids]
-        shared = all(ids[:-1] == common for ids in label_ids) and len(set(finals)) == len(finals)
-        if shared:
-            plan.append(("shared", [len(seq_items)]))
-            seq_items.append((prefix + list(p_ids), common + [finals[0]]))
-            cands.append(finals)
-        else:
-            plan.append(("each", list(range(len(seq_items), len(seq_items) + len(label_ids)))))
-            for ids in label_ids:
-                seq_items.append((prefix + list(p_ids), list(ids)))
-                cands.append([])
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    scores = score_token_ids(model, seq_items, batch_size=batch_size, pad_id=pad_id, progress=progress,
-                             desc="downstream", candidates=cands)
-    preds = []
-    for it, (kind, idx) in zip(items, plan, strict=True):
-        if kind == "shared":
-            s = scores[idx[0]]
-            common_lp = sum(s.logprobs[:-1])
-            totals = [common_lp + c for c in s.candidate_logprobs]
-        else:
-            totals = [scores[i].total_logprob for i in idx]
-        preds.append(it.labels[int(np.argmax(totals))])
-    return preds
+    """The label with the highest total log-probability after the answer prefix, for each item (ties: first)."""
+    groups = [(loglik_prompt(it), [continuation(lab) for lab in it.labels]) for it in items]
+    scores = score_alternatives(model, tok, groups, batch_size=batch_size, progress=progress, desc="downstream")
+    return [it.labels[int(np.argmax([s.total_logprob for s in row]))] for it, row in zip(items, scores, strict=True)]
 
 
 def extract_label(text: str, labels: Sequence[str]) -> str | None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from editdecay.data.records import EditRecord
 from editdecay.errors import DataError
-from editdecay.evaluate.scoring import TokenScores, continuation, score_continuations
+from editdecay.evaluate.scoring import TokenScores, continuation, score_alternatives
 
 CF_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude", "paraphrase_magnitude",
               "neighborhood_magnitude", "efficacy_acc", "paraphrase_acc", "neighborhood_acc")
@@ -55,36 +55,28 @@ def _check(record: EditRecord, index: int) -> None:
         raise DataError(where, "prompt template has no '{}' for the subject", index, "prompt")
 
 
-def _pairs_for(record: EditRecord) -> list[tuple[str, str]]:
-    """The (prompt, continuation) pairs a record needs, in a fixed order that :func:`_metrics_from` consumes."""
+def _groups_for(record: EditRecord) -> list[tuple[str, list[str]]]:
+    """The (prompt, [continuations]) groups a record needs, in the order :func:`_metrics_from` consumes."""
     new = continuation(record.target_new)
-    pairs: list[tuple[str, str]] = []
     prompts = [record.filled_prompt, *record.paraphrase_prompts]
+    neigh = list(zip(record.neighborhood_prompts, record.neighborhood_answers, strict=True))
     if metric_family(record) == "counterfact":
         true = continuation(record.target_true or "")
-        for p in prompts:
-            pairs += [(p, new), (p, true)]
-        for p, ans in zip(record.neighborhood_prompts, record.neighborhood_answers, strict=True):
-            pairs += [(p, continuation(ans)), (p, new)]
-    else:
-        pairs += [(p, new) for p in prompts]
-        pairs += [(p, continuation(a)) for p, a in zip(record.neighborhood_prompts, record.neighborhood_answers,
-                                                        strict=True)]
-    return pairs
+        return [(p, [new, true]) for p in prompts] + [(p, [continuation(ans), new]) for p, ans in neigh]
+    return [(p, [new]) for p in prompts] + [(p, [continuation(ans)]) for p, ans in neigh]
 
 
 def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def _metrics_from(record: EditRecord, scores: Sequence[TokenScores]) -> dict[str, Any]:
+def _metrics_from(record: EditRecord, groups: Sequence[Sequence[TokenScores]]) -> dict[str, Any]:
     out: dict[str, Any] = {"case_id": record.case_id}
     n_para = len(record.paraphrase_prompts)
     n_neigh = len(record.neighborhood_prompts)
     if metric_family(record) == "counterfact":
-        rewrite = [(scores[2 * k], scores[2 * k + 1]) for k in range(1 + n_para)]  # (new, true)
-        base = 2 * (1 + n_para)
-        neigh = [(scores[base + 2 * k], scores[base + 2 * k + 1]) for k in range(n_neigh)]  # (true ans, new)
+        rewrite = [(g[0], g[1]) for g in groups[:1 + n_para]]  # (new, true)
+        neigh = [(g[0], g[1]) for g in groups[1 + n_para:]]  # (true answer, new)
         new, true = rewrite[0]
         out["efficacy"] = float(new.mean_nll < true.mean_nll)
         out["efficacy_magnitude"] = math.exp(-new.mean_nll) - math.exp(-true.mean_nll)
@@ -99,6 +91,7 @@ def _metrics_from(record: EditRecord, scores: Sequence[TokenScores]) -> dict[str
             out["neighborhood_magnitude"] = _mean([math.exp(-t.mean_nll) - math.exp(-n.mean_nll) for t, n in neigh])
             out["neighborhood_acc"] = _mean([float(t.all_argmax) for t, _ in neigh])
     else:
+        scores = [g[0] for g in groups]
         out["efficacy"] = scores[0].token_accuracy
         if n_para:
             out["paraphrase"] = _mean([s.token_accuracy for s in scores[1:1 + n_para]])
@@ -115,16 +108,16 @@ def record_metrics(
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One flat dict of metric -> value (plus ``case_id``) per record, all records scored in one batched pass."""
-    pairs: list[tuple[str, str]] = []
+    groups: list[tuple[str, list[str]]] = []
     spans: list[tuple[int, int]] = []
     for index, record in enumerate(records):
         if not isinstance(record, EditRecord):
             raise DataError("<records>", f"expected an EditRecord, got {type(record).__name__}", index)
         _check(record, index)
-        rp = _pairs_for(record)
-        spans.append((len(pairs), len(pairs) + len(rp)))
-        pairs += rp
-    scores = score_continuations(model, tok, pairs, batch_size=batch_size, progress=progress, desc="edit metrics")
+        rg = _groups_for(record)
+        spans.append((len(groups), len(groups) + len(rg)))
+        groups += rg
+    scores = score_alternatives(model, tok, groups, batch_size=batch_size, progress=progress, desc="edit metrics")
     return [_metrics_from(r, scores[a:b]) for r, (a, b) in zip(records, spans, strict=True)]
 
 

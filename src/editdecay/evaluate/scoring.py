@@ -38,6 +38,7 @@ class TokenScores:
     logprobs: tuple[float, ...]
     is_argmax: tuple[bool, ...]
     candidate_logprobs: tuple[float, ...] = ()  # log-probs of requested alternatives at the last target position
+    candidate_is_argmax: tuple[bool, ...] = ()
 
     @property
     def n_tokens(self) -> int:
@@ -185,12 +186,14 @@ def score_token_ids(
             for i in chunk:
                 n = len(items[i][1])
                 alt: tuple[float, ...] = ()
+                alt_top: tuple[bool, ...] = ()
                 if candidates is not None and candidates[i]:
                     row = picked[offset + n - 1]
                     cand = torch.tensor(list(candidates[i]), dtype=torch.long, device=device)
                     alt = tuple((row[cand] - torch.logsumexp(row, dim=-1)).cpu().tolist())
+                    alt_top = tuple((cand == row.argmax()).cpu().tolist())
                 results[i] = TokenScores(tuple(items[i][1]), tuple(lp[offset:offset + n]),
-                                         tuple(top[offset:offset + n]), alt)
+                                         tuple(top[offset:offset + n]), alt, alt_top)
                 offset += n
             if bar is not None:
                 bar.update(len(chunk))
@@ -214,6 +217,55 @@ def score_continuations(
     items = tokenize_pairs(tok, pairs)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     return score_token_ids(model, items, batch_size=batch_size, pad_id=pad_id, progress=progress, desc=desc)
+
+
+def score_alternatives(
+    model: nn.Module,
+    tok: Any,
+    groups: Sequence[tuple[str, Sequence[str]]],
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> list[list[TokenScores]]:
+    """Scores of several continuations of the same prompt: ``groups`` = [(prompt, [cont, ...])].
+
+    Exactly :func:`score_continuations` on every (prompt, cont) pair, but continuations whose token ids agree
+    up to their last token share one sequence (their last tokens are read from the same distribution), so
+    single-token alternatives such as CounterFact's new/true objects or answer labels cost one forward row.
+    """
+    flat = [(prompt, cont) for prompt, conts in groups for cont in conts]
+    tokenized = tokenize_pairs(tok, flat)
+    items: list[tuple[list[int], list[int]]] = []
+    cands: list[list[int]] = []
+    plan: list[list[tuple[int, int]]] = []  # per group, per continuation: (item index, candidate index)
+    k = 0
+    for _, conts in groups:
+        by_prefix: dict[tuple[int, ...], int] = {}
+        placement = []
+        for _ in conts:
+            p_ids, c_ids = tokenized[k]
+            k += 1
+            key = tuple(c_ids[:-1])
+            if key not in by_prefix or c_ids[-1] in cands[by_prefix[key]]:
+                by_prefix[key] = len(items)
+                items.append((p_ids, c_ids))
+                cands.append([])
+            item = by_prefix[key]
+            cands[item].append(c_ids[-1])
+            placement.append((item, len(cands[item]) - 1))
+        plan.append(placement)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    scores = score_token_ids(model, items, batch_size=batch_size, pad_id=pad_id, progress=progress, desc=desc,
+                             candidates=cands)
+    out = []
+    for placement in plan:
+        row = []
+        for item, c in placement:
+            s = scores[item]
+            row.append(TokenScores(s.token_ids[:-1] + (cands[item][c],), s.logprobs[:-1] + (s.candidate_logprobs[c],),
+                                   s.is_argmax[:-1] + (s.candidate_is_argmax[c],)))
+        out.append(row)
+    return out
 
 
 def prob(nll: float) -> float:
