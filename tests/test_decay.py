@@ -99,3 +99,26 @@ def test_paired_t_test_closed_form_and_seed_comparison():
     assert s["n"] == 3
     w = paired_test([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.5, 1.0, 1.5, 2.0], test="wilcoxon")
     assert w["p_value"] == pytest.approx(2 / 2 ** 5)  # all 5 differences positive: exact two-sided p
+
+
+def test_cli_compare_writes_all_four_keyed_by_metric(tmp_path, capsys):
+    import json
+
+    from editdecay.cli import main
+
+    before, after, out = tmp_path / "b.json", tmp_path / "a.json", tmp_path / "c.json"
+    before.write_text(json.dumps(ev([1, 1, 1, 0], paraphrase=[1, 1, 0, 0])))
+    after.write_text(json.dumps(ev([1, 0, 1, 1], paraphrase=[1, 0, 0, 0])))
+    assert main(["compare", str(before), str(after), "--out", str(out), "--n-boot", "100"]) == 0
+    c = json.loads(out.read_text())
+    assert c["efr"] == {"efficacy": 1 / 3, "paraphrase": 1 / 2}
+    assert c["emergent"] == {"efficacy": 1.0, "paraphrase": 0.0}
+    assert c["relative_decrease"]["paraphrase"] == pytest.approx(50.0)
+    assert c["survival"]["efficacy"]["rate"] == pytest.approx(2 / 3)
+    assert "efficacy" in capsys.readouterr().out
+    other = tmp_path / "o.json"
+    other.write_text(json.dumps(ev([1, 1], ids=["x", "y"])))
+    assert main(["compare", str(before), str(other)]) == 1
+    assert "different records" in capsys.readouterr().err
+    assert main(["compare", str(before), str(tmp_path / "missing.json")]) == 1
+    assert "missing.json: file not found" in capsys.readouterr().err

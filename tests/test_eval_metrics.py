@@ -125,3 +125,58 @@ def test_ngram_entropy_closed_form():
     h3 = 1.0
     assert ngram_entropy("a b a b") == pytest.approx((2 / 3 * h2 + 4 / 3 * h3) / 2)
     assert ngram_entropy("a a a a") == 0.0
+
+
+def _tiny_folder(make_tiny, path):
+    model, tok = make_tiny("llama", n_layers=2)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
+
+
+def test_cli_evaluate_manifest_records_exactly(make_tiny, tmp_path):
+    import json
+
+    from editdecay.cli import main
+
+    model, tok = _tiny_folder(make_tiny, tmp_path / "model")
+    recs = [cf_record(case_id="7"), cf_record(case_id="3", target_new="city")]
+    manifest = tmp_path / "edit" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"stage": "edit", "method": "memit", "records": [r.to_dict() for r in recs]}))
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", "counterfact", "--records",
+                 str(manifest), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["case_id"] for r in result["records"]] == ["7", "3"]
+    assert result["summary"]["n_records"] == 2
+    for key in ("efficacy", "paraphrase", "neighborhood"):
+        assert 0.0 <= result["summary"][key] <= 1.0
+    direct = evaluate_edits(model, tok, recs)
+    for from_cli, from_api in zip(result["records"], direct["records"], strict=True):
+        assert from_cli.keys() == from_api.keys()
+        assert [from_cli[k] for k in from_cli if k != "case_id"] == pytest.approx(
+            [from_api[k] for k in from_api if k != "case_id"], abs=1e-6)
+    # the edit folder itself works as --records too, and --n keeps the first records
+    out2 = tmp_path / "ev2.json"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--records", str(manifest.parent), "--n", "1",
+                 "--out", str(out2)]) == 0
+    assert [r["case_id"] for r in json.loads(out2.read_text())["records"]] == ["7"]
+
+
+def test_cli_evaluate_bad_inputs_are_one_line_errors(make_tiny, tmp_path, capsys):
+    import json
+
+    from editdecay.cli import main
+
+    _tiny_folder(make_tiny, tmp_path / "model")
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--records", str(tmp_path / "nope.json"),
+                 "--out", str(tmp_path / "x.json")]) == 1
+    assert "nope.json: file not found" in capsys.readouterr().err
+    bad = tmp_path / "manifest.json"
+    bad.write_text(json.dumps({"stage": "edit", "records": [{"case_id": "1", "subject": "A"}]}))
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--records", str(bad),
+                 "--out", str(tmp_path / "x.json")]) == 1
+    err = capsys.readouterr().err
+    assert "manifest.json, record 0, field 'records'" in err and "prompt" in err
+    assert not (tmp_path / "x.json").exists()
