@@ -149,6 +149,19 @@ def test_complete_artifact_without_done_row_is_adopted_not_recomputed(reference,
         assert db.integrity_check() == []
 
 
+def test_done_stage_whose_artifact_vanished_is_computed_again(reference, tmp_path):
+    store, work = tmp_path / "copy.db", tmp_path / "work"
+    shutil.copy(reference["store"], store)
+    shutil.copytree(reference["work"], work, ignore=shutil.ignore_patterns(".runner.lock"))
+    victim = sorted((work / "stages" / "evaluate").iterdir())[0]
+    shutil.rmtree(victim)
+    result = run_grid(TINY, store, workdir=work, progress=False)
+    assert result.missing == [victim.name] and result.executed == [victim.name]
+    assert all_numbers(store) == all_numbers(reference["store"])
+    with Store(store) as db:
+        assert db.integrity_check() == []
+
+
 def _wait_for_done(store: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"runs: {runs}")
     print(f"stages: {len(result.executed)} computed, {len(result.adopted)} adopted, {len(result.failed)} failed, "
           f"{len(result.skipped)} skipped (input failed) in {result.seconds:.1f} s")
+    if result.missing:
+        print(f"{len(result.missing)} stage(s) were recorded done but their artifacts were missing: computed again")
     if result.failed:
         print(f"see `editdecay status --store {args.store}` for errors; `--retry-failed` runs them again")
     return 0 if result.complete else 1

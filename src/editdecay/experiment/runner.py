@@ -176,6 +176,7 @@ class RunResult:
     adopted: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # blocked by a failed dependency
+    missing: list[str] = field(default_factory=list)  # recorded done, artifact gone: computed again
     seconds: float = 0.0
 
     @property
@@ -246,8 +247,13 @@ def run_grid(
                 log(f"retrying {n} failed stage(s)")
         result = RunResult(runs={})
         status = db.stage_statuses(list(plan.stages))
-        for sid, spec in plan.stages.items():  # adopt artifacts finished after the last store write
-            if status[sid] != "done" and is_complete(artifacts[sid]):
+        for sid, spec in plan.stages.items():
+            if status[sid] == "done" and not is_complete(artifacts[sid]):  # artifact deleted or moved away
+                log(f"{sid} is recorded done but its artifact {artifacts[sid]} is missing; computing it again")
+                db.reset_stage(sid)
+                status[sid] = "pending"
+                result.missing.append(sid)
+            elif status[sid] != "done" and is_complete(artifacts[sid]):  # finished after the last store write
                 try:
                     _finish(db, spec, artifacts[sid], read_json(artifacts[sid] / MARKER), adopted=True)
                     status[sid] = "done"

@@ -187,6 +187,14 @@ class Store:
         with self.transaction() as c:
             return c.execute("UPDATE stages SET status='pending' WHERE status='running'").rowcount
 
+    def reset_stage(self, stage_id: str) -> None:
+        """A done stage whose artifact vanished: forget its numbers and make it pending, in one transaction."""
+        with self.transaction() as c:
+            for table in ("metrics", "record_metrics", "downstream"):
+                c.execute(f"DELETE FROM {table} WHERE eval_stage_id = ?", (stage_id,))
+            c.execute("DELETE FROM trajectories WHERE ft_stage_id = ?", (stage_id,))
+            c.execute("UPDATE stages SET status='pending', finished_at=NULL WHERE stage_id=?", (stage_id,))
+
     def reset_failed(self) -> int:
         """``--retry-failed``: failed stages become pending again (attempts keep counting)."""
         with self.transaction() as c:
