@@ -356,6 +356,21 @@ def test_layer_change_matches_hand_computation(grid_store):
     assert torch.isfinite(torch.tensor(list(ft_change.values()))).all()
 
 
+def test_relative_artifact_paths_resolve_from_the_store_folder(tmp_path, tiny_tok, monkeypatch):
+    from editdecay.report.load import load_results
+    from editdecay.report.plots import layer_change_figures
+
+    arts = make_artifacts(tmp_path, tiny_tok)
+    rel = {k: str(Path(v).relative_to(tmp_path)) for k, v in arts.items()}
+    store = build_store(tmp_path / "r.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("full",),
+                        layers=("all",), artifacts={(MODELS[0], "memit", 0): rel})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    figures, notes = layer_change_figures(load_results(store))
+    assert len(figures) == 1 and not notes
+
+
 def test_survival_frequency_counts_whole_words():
     from editdecay.report.plots import phrase_counts
 

@@ -20,6 +20,7 @@ from editdecay.errors import DataError
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
 OPTIONAL_TABLES = ("trajectories", "run_stages", "records")
+RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood")
 RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data")
 
 
@@ -241,7 +242,9 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
     for r in conn.execute("SELECT eval_stage_id, metric, value FROM metrics"):
         metrics[str(r[0])][str(r[1])] = _float(r[2], path, f"metrics '{r[0]}' '{r[1]}'")
     record_metrics: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in conn.execute("SELECT eval_stage_id, case_id, metric, value FROM record_metrics"):
+    wanted = ",".join("?" * len(RECORD_METRICS))  # only what the report uses: stores can hold millions of rows
+    for r in conn.execute(f"SELECT eval_stage_id, case_id, metric, value FROM record_metrics WHERE metric IN ({wanted})",
+                          RECORD_METRICS):
         record_metrics[str(r[0])][str(r[1])][str(r[2])] = _float(r[3], path, f"record_metrics '{r[0]}' case '{r[1]}'")
     downstream: dict[str, dict[str, tuple[float, int]]] = defaultdict(dict)
     for r in conn.execute("SELECT eval_stage_id, task, accuracy, n FROM downstream"):

@@ -337,11 +337,17 @@ def layer_change(input_folder: Path, ft_folder: Path) -> tuple[dict[int, float],
     return ft_change, edit_change, edited_layers or sorted(edit_change)
 
 
-def _artifact(stage: Stage | None) -> Path | None:
+def _artifact(stage: Stage | None, store_path: str) -> Path | None:
+    """The stage's artifact folder when it holds a model; a relative path is tried from the working directory
+    and from the store's folder (runners record paths relative to where they ran)."""
     if stage is None or not stage.artifact:
         return None
     path = Path(stage.artifact)
-    return path if (path / "config.json").exists() and _weight_files(path) else None
+    candidates = [path] if path.is_absolute() else [path, Path(store_path).resolve().parent / path]
+    for candidate in candidates:
+        if (candidate / "config.json").exists() and _weight_files(candidate):
+            return candidate
+    return None
 
 
 def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figure], list[str]]:
@@ -351,7 +357,8 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
     missing = 0
     for key, runs in group_runs(res.runs, ("model", "method", "ft_type", "layers")).items():
         for run in runs:
-            edit_dir, ft_dir = _artifact(res.edit_stage(run)), _artifact(res.edited_ft_stage(run))
+            edit_dir = _artifact(res.edit_stage(run), res.path)
+            ft_dir = _artifact(res.edited_ft_stage(run), res.path)
             if edit_dir and ft_dir:
                 chosen[key] = (edit_dir, ft_dir)
                 break

@@ -43,6 +43,8 @@ class TestResult:
     mean_diff: float = math.nan
 
     def describe(self) -> str:
+        if self.n == 0 or math.isnan(self.statistic) and math.isnan(self.pvalue):
+            return f"{self.test}: not computable (n = {self.n}{', all differences zero' if self.n == 0 else ''})"
         p = f"p = {self.pvalue:.3g}" if not math.isnan(self.pvalue) else "p = n/a"
         return f"{self.test}: statistic = {self.statistic:.3g}, {p}, n = {self.n}, {self.effect_name} = {self.effect:.3g}"
 
