@@ -144,3 +144,34 @@ def test_cli_analyze_shift(folders, tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
     assert main(args[:-4] + ["--layers", "1,x"]) == 1
     assert "'x'" in capsys.readouterr().err
+
+
+@pytest.mark.real
+def test_real_smollm2_partial_reversal(smollm2):
+    """SmolLM2 with a rank-one edit at layer 4, then 'fine-tuned' by removing 40% of it: at layer 4 the
+    fine-tuning shift is 0.4x the edit shift at 180 degrees; the subject's last token is found with the real
+    tokenizer."""
+    import copy
+
+    from editdecay.data.records import EditRecord
+    from editdecay.report.shift import shift_between, subject_last_token
+
+    base, tok = smollm2
+    records = [EditRecord(case_id=r["case_id"], subject=r["subject"], prompt=r["prompt"], target_new=r["target_new"],
+                          target_true=r["target_true"]) for r in RECORDS]
+    for rec in records:
+        ids, pos = subject_last_token(tok, rec.prompt, rec.subject)
+        assert tok.decode(ids[: pos + 1]).endswith(rec.subject)
+    gen = torch.Generator().manual_seed(0)
+    w = base.model.layers[4].mlp.down_proj.weight
+    delta = torch.outer(torch.randn(w.shape[0], generator=gen), torch.randn(w.shape[1], generator=gen)) * 1e-3
+    edited, finetuned = copy.deepcopy(base), copy.deepcopy(base)
+    with torch.no_grad():
+        edited.model.layers[4].mlp.down_proj.weight.add_(delta)
+        finetuned.model.layers[4].mlp.down_proj.weight.add_(0.6 * delta)
+    out = shift_between(base, edited, finetuned, tok, records, layers=[4, 10])
+    l4, l10 = out["per_layer"]
+    assert l4["edit_shift"] > 0
+    assert l4["ratio"] == pytest.approx(0.4, rel=1e-3)
+    assert l4["angle_deg"] == pytest.approx(180.0, abs=0.5)
+    assert l10["edit_shift"] > 0 and l10["ft_shift"] > 0  # the change propagates to later layers

@@ -136,7 +136,10 @@ def _mean(x: np.ndarray) -> float | None:
 
 def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetuned: str | os.PathLike,
                      layers: list[int] | None = None, n: int | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Compare hidden-state shifts from editing and from fine-tuning at the edited layers (see module doc)."""
+    """Compare hidden-state shifts from editing and from fine-tuning at the edited layers (see module doc).
+
+    ``edited`` is an edit folder: its manifest.json gives the records (and, by default, the layers).
+    """
     from editdecay.data.records import EditRecord
     from editdecay.models.registry import load_model
 
@@ -155,7 +158,6 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
         if not layers:
             raise ConfigError(f"{edited}/manifest.json lists no edited 'layers': pass --layers")
     m_ed, tok = load_model(edited)
-    prompts = [subject_last_token(tok, r.prompt, r.subject) for r in records]
     models = {"edited": m_ed}
     for name, source in (("base", base), ("finetuned", finetuned)):
         model, other_tok = load_model(source)
@@ -163,8 +165,17 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
             raise ModelError(f"--{name} {source}: its tokenizer differs from the edited model's; the three models must "
                              "share one tokenizer")
         models[name] = model
-    hidden = {name: hidden_at(model, tok, prompts, layers, batch_size, desc=f"{name} forward")
-              for name, model in models.items()}
+    result = shift_between(models["base"], models["edited"], models["finetuned"], tok, records, layers, batch_size)
+    result.update({"base": str(base), "edited": str(edited), "finetuned": str(finetuned)})
+    return result
+
+
+def shift_between(base: Any, edited: Any, finetuned: Any, tokenizer: Any, records: list[Any], layers: list[int],
+                  batch_size: int = 16) -> dict[str, Any]:
+    """The analysis on loaded models (same tokenizer) and EditRecords; what :func:`activation_shift` calls."""
+    prompts = [subject_last_token(tokenizer, r.prompt, r.subject) for r in records]
+    hidden = {name: hidden_at(model, tokenizer, prompts, layers, batch_size, desc=f"{name} forward")
+              for name, model in (("base", base), ("edited", edited), ("finetuned", finetuned))}
     per_layer, per_record = [], []
     for layer in layers:
         s = shift_stats(hidden["base"][layer], hidden["edited"][layer], hidden["finetuned"][layer])
@@ -181,9 +192,8 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
             per_record.append({"case_id": rec.case_id, "layer": layer,
                                **{key: (None if math.isnan(float(s[key][k])) else float(s[key][k]))
                                   for key in ("edit_shift", "ft_shift", "cos", "angle_deg")}})
-    return {"analysis": "activation_shift", "base": str(base), "edited": str(edited), "finetuned": str(finetuned),
-            "layers": layers, "n_records": len(records), "position": "subject last token",
-            "per_layer": per_layer, "records": per_record}
+    return {"analysis": "activation_shift", "layers": list(layers), "n_records": len(records),
+            "position": "subject last token", "per_layer": per_layer, "records": per_record}
 
 
 def format_shift(result: dict[str, Any]) -> str:
