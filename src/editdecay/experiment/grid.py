@@ -15,7 +15,8 @@ A grid file (see configs/tiny.yaml for a small complete one)::
     edit_data: [counterfact]        # named data set or file
     n_edits: [10]
     ft_types: [lora]                # full | lora | dora
-    layers: [all]                   # fine-tuning layer selection: all | edited | non-edited | "4-8" | [4, 5]
+    layers: [all]                   # fine-tuning layer selections: all | edited | non-edited | "4-8" | [4, 5]
+                                    # (each list entry is one selection: [[4, 5], all] is two)
     modules: ["attn,mlp"]
     ft_data: [commonsense]
     seeds: [0]
@@ -247,7 +248,9 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
         try:
             layer_sels.append(parse_layers(sel))
         except ConfigError as exc:
-            raise _err(path, "layers", str(exc)) from None
+            hint = " (each entry is one selection: write [[4, 5]] or ['4-5'] for layers 4 and 5 together)" \
+                if isinstance(sel, int) else ""
+            raise _err(path, "layers", f"{exc}{hint}") from None
     axes["layers"] = layer_sels
     axes["modules"] = [str(m) for m in _as_list(path, "modules", raw.get("modules", ["attn,mlp"]))]
     axes["ft_data"] = [str(d) for d in _as_list(path, "ft_data", raw.get("ft_data", ["commonsense"]))]
