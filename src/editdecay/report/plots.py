@@ -374,7 +374,10 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
     plt = _plt()
     items = list(chosen.items())[:max_figures]
     fig, axes = plt.subplots(len(items), 1, figsize=(7.5, 2.4 * len(items)), squeeze=False, layout="constrained")
-    for ax, (key, (edit_dir, ft_dir)) in zip(axes[:, 0], items, strict=True):
+    from tqdm.auto import tqdm
+
+    for ax, (key, (edit_dir, ft_dir)) in tqdm(list(zip(axes[:, 0], items, strict=True)), desc="per-layer weight change",
+                                              disable=None, leave=False):
         try:
             ft_change, edit_change, edited = layer_change(edit_dir, ft_dir)
         except (OSError, ValueError, EditDecayError) as exc:

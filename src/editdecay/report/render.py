@@ -91,7 +91,7 @@ def table_latex(table: Table) -> str:
     for row in table.rows:
         lines.append(" & ".join(esc_latex(_cell(row, c.key, c.kind)) for c in table.columns) + r" \\")
     lines += [r"\hline", r"\end{tabular}", rf"\caption{{{esc_latex(table.title)}. {esc_latex(table.caption)}}}",
-              rf"\label{{tab:{esc_latex(table.name)}}}", r"\end{table}", ""]
+              rf"\label{{tab:{re.sub('[^A-Za-z0-9:-]', '-', table.name)}}}", r"\end{table}", ""]
     return "\n".join(lines)
 
 
