@@ -4,6 +4,7 @@ script element comes from data."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -51,9 +52,8 @@ def test_report_renders_in_headless_chromium(report_html, tmp_path):
     assert pixels.shape[0] == 2400 and pixels.shape[1] == 1280
     assert float(pixels[..., :3].std()) > 0.05  # not a blank page
     assert "Uncaught" not in done.stderr  # no script error of any kind
-    keep = Path(__file__).resolve().parent.parent / ".pytest_cache" / "report_screenshot.png"
-    keep.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, keep)  # for a human to look at
+    if os.environ.get("EDITDECAY_SCREENSHOT"):  # keep a copy for a human to look at
+        shutil.copyfile(shot, os.environ["EDITDECAY_SCREENSHOT"])
 
 
 def test_dom_shows_script_string_as_text_and_has_no_script_element(report_html, tmp_path):
