@@ -26,6 +26,8 @@ demo: setup
 	$(BIN)/python scripts/demo.py
 
 test: setup
+	# the report's browser test renders the HTML in Debian's headless chromium (installed once, idempotent)
+	bash scripts/ensure_chromium.sh >/dev/null
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
