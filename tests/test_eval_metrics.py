@@ -180,3 +180,37 @@ def test_cli_evaluate_bad_inputs_are_one_line_errors(make_tiny, tmp_path, capsys
     err = capsys.readouterr().err
     assert "manifest.json, record 0, field 'records'" in err and "prompt" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fluency_is_ngram_entropy_of_prompt_plus_greedy_generation(make_tiny):
+    import torch
+
+    model, tok = make_tiny("llama", n_layers=2)
+    rec = cf_record(generation_prompts=["The river is", "A city"])
+    out = evaluate_edits(model, tok, [rec, cf_record(case_id="r2")], fluency=True)
+    texts = []
+    for prompt in rec.generation_prompts:
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=100, do_sample=False, pad_token_id=tok.pad_token_id)
+        texts.append(prompt + tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+    expected = sum(ngram_entropy(t) for t in texts) / 2
+    assert out["records"][0]["fluency"] == pytest.approx(expected, rel=1e-6)
+    assert "fluency" not in out["records"][1]  # no generation prompts
+    assert out["summary"]["fluency"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_evaluate_model_json_holds_edits_downstream_and_perplexity(make_tiny):
+    from editdecay.errors import ConfigError
+    from editdecay.evaluate.api import evaluate_model
+
+    model, tok = make_tiny("llama", n_layers=2)
+    out = evaluate_model((model, tok), records=[cf_record(), cf_record(case_id="r2")], downstream="boolq,piqa",
+                         limit=2, perplexity_text="wikitext", perplexity_tokens=200, progress=False)
+    assert out["data"] == "counterfact" and out["summary"]["n_records"] == 2
+    assert set(out["downstream"]["tasks"]) == {"boolq", "piqa"} and out["downstream"]["n"] == {"boolq": 2, "piqa": 2}
+    assert out["perplexity"]["n_tokens"] == 199
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
+        evaluate_model((model, tok))
+    with pytest.raises(DataError, match="--data zsre but record 'r1'"):
+        evaluate_model((model, tok), data="zsre", records=[cf_record()])

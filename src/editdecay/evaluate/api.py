@@ -147,13 +147,13 @@ def evaluate_model(
             out["records_source"] = str(records)
         else:
             recs = list(records)[:n] if n is not None else list(records)
-        if data is not None:
-            family = {"counterfact": "counterfact", "zsre": "zsre"}.get(data)
-            wrong = [r.case_id for r in recs if family and r.dataset != family]
-            if family and wrong:
-                raise DataError(str(records or data), f"--data {data} but records {wrong[:5]} are from data set "
-                                f"{recs[[r.case_id for r in recs].index(wrong[0])].dataset!r}", field="dataset")
-        else:
+        if data is not None and records is not None and data in ("counterfact", "zsre"):
+            wrong = [r for r in recs if r.dataset != data]
+            if wrong:
+                raise DataError(str(records) if isinstance(records, (str, os.PathLike)) else "<records>",
+                                f"--data {data} but record {wrong[0].case_id!r} (and {len(wrong) - 1} more) is "
+                                f"from data set {wrong[0].dataset!r}", field="dataset")
+        if data is None:
             out["data"] = recs[0].dataset
         start = time.perf_counter()
         result = evaluate_edits(model, tok, recs, batch_size=batch_size, progress=progress, fluency=fluency)
