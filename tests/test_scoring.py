@@ -183,3 +183,18 @@ def test_alternatives_closed_form_on_bigram(tiny_tok):
     ((the, of),) = score_alternatives(model, tiny_tok, [("A is", [" the", " of"])])
     assert the.logprobs[0] == pytest.approx(math.log(0.5), abs=1e-5) and the.is_argmax == (True,)
     assert of.logprobs[0] == pytest.approx(math.log(0.25), abs=1e-5) and of.is_argmax == (False,)
+
+
+def test_peft_wrapped_model_scores_like_its_merged_weights(make_tiny):
+    from peft import LoraConfig, get_peft_model
+
+    from editdecay.evaluate.scoring import _accepts_logits_to_keep
+
+    model, tok = make_tiny("llama", n_layers=2)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.eval()
+    assert _accepts_logits_to_keep(peft_model)  # the slicing path reaches through the wrapper
+    scores = score_continuations(peft_model, tok, PAIRS[:3], batch_size=2)
+    for (prompt, cont), s in zip(PAIRS[:3], scores, strict=True):
+        ref = _reference(peft_model, tok(prompt)["input_ids"], tok(cont, add_special_tokens=False)["input_ids"])
+        assert s.logprobs == pytest.approx(ref, abs=1e-4)

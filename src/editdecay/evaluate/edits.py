@@ -175,6 +175,8 @@ def fluency(model: nn.Module, tok: Any, records: Sequence[EditRecord], max_new_t
     device = model_device(model)
     old_side = tok.padding_side
     tok.padding_side = "left"
+    was_training = model.training
+    model.eval()
     try:
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start:start + batch_size]
@@ -187,4 +189,6 @@ def fluency(model: nn.Module, tok: Any, records: Sequence[EditRecord], max_new_t
                 texts.setdefault(case_id, []).append(prompt + tok.decode(row, skip_special_tokens=True))
     finally:
         tok.padding_side = old_side
+        if was_training:
+            model.train()
     return {cid: float(np.mean([ngram_entropy(t) for t in gens])) for cid, gens in texts.items()}

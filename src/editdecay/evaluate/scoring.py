@@ -97,11 +97,22 @@ def tokenize_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[lis
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return "logits_to_keep" in params
+    """Whether ``model(..., logits_to_keep=tensor)`` reaches a forward that slices logits (HF causal LMs do;
+    wrappers such as PEFT's pass ``**kwargs`` through to the model they wrap)."""
+    seen = 0
+    while seen < 8:
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return False
+        if "logits_to_keep" in params:
+            return True
+        passes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else None
+        if not passes_kwargs or inner is None or inner is model:
+            return False
+        model, seen = inner, seen + 1
+    return False
 
 
 def model_device(model: nn.Module) -> torch.device:
