@@ -16,6 +16,15 @@ from editdecay.finetune.train import lr_at, token_loss_sum, total_steps, warmup_
 from editdecay.models.arch import get_adapter
 from editdecay.models.tiny import TINY_ARCHS
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from two threads, which spin against other processes on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --- config ---------------------------------------------------------------------------------------------
 
 
@@ -204,3 +213,28 @@ def test_token_loss_equals_mean_cross_entropy():
     expected = sum(-torch.log_softmax(logits[b, t], -1)[labels[b, t + 1]] for b, t in picked)
     assert float(token_loss_sum(logits, labels)) == pytest.approx(float(expected), rel=1e-6)
     assert len(picked) == 6 and not math.isnan(float(expected))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_logits_at_loss_positions_only_give_the_same_loss_and_grads(make_tiny, arch):
+    """Unembedding only the labelled positions is an optimisation, not an approximation."""
+    from editdecay.finetune.train import loss_positions_only
+
+    model, tok = make_tiny(arch)
+    data = TrainData([TrainExample("Question: sky colour? Answer:", " blue"), TrainExample("", "plain text here")],
+                     tok, 64, batch_size=2, seed=0)
+    batch = data.collate([0, 1])
+    full = token_loss_sum(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                          batch["labels"])
+    full.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    with loss_positions_only(model.lm_head, batch["labels"]) as tgt:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape[1] == len(tgt) == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    fast = torch.nn.functional.cross_entropy(logits[0], tgt, reduction="sum")
+    fast.backward()
+    torch.testing.assert_close(fast, full)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
+    assert not model.lm_head._forward_pre_hooks  # the hook is gone afterwards

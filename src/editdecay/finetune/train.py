@@ -19,6 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from torch import nn
 from editdecay.errors import ConfigError, NumericalError
 from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import IGNORE_INDEX, TrainData
+from editdecay.models.arch import _get, get_adapter
 from editdecay.util.io import atomic_dir, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT = "checkpoint"
@@ -71,6 +73,29 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
     shift_labels = labels[:, 1:].reshape(-1)
     return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+@contextmanager
+def loss_positions_only(unembed: nn.Module, labels: torch.Tensor):
+    """While active, the unembedding sees only the hidden states whose next token carries a label.
+
+    The loss needs logits only at those positions; with response-only loss on commonsense data that is ~10%
+    of them, and the unembedding (d x vocab, 49k rows on SmolLM2) is a fifth of a small model's forward and
+    its logits the largest activation. Yields the targets in the same (row-major) order as the logits.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+    def pre_hook(module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        return (hidden[keep.to(hidden.device)].unsqueeze(0), *args[1:])
+
+    handle = unembed.register_forward_pre_hook(pre_hook)
+    try:
+        yield targets
+    finally:
+        handle.remove()
 
 
 def build_optimizer(named: list[tuple[str, nn.Parameter]], cfg: FinetuneConfig) -> torch.optim.AdamW:
@@ -226,6 +251,7 @@ def train(
         raise ConfigError("nothing to train: the layer/module selection matched no parameters")
     params = [p for _, p in named]
     device = params[0].device
+    unembed = _get(eval_model or model, get_adapter(eval_model or model).unembed)
     optimizer = build_optimizer(named, cfg)
     total = total_steps(cfg, data)
     warmup = warmup_steps(cfg, total)
@@ -268,8 +294,9 @@ def train(
                 if n_loss:
                     for batch in micro:
                         batch = {k: v.to(device) for k, v in batch.items()}
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        loss = token_loss_sum(logits, batch["labels"]) / n_loss
+                        with loss_positions_only(unembed, batch["labels"]) as targets:
+                            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                        loss = nn.functional.cross_entropy(logits[0].float(), targets, reduction="sum") / n_loss
                         loss.backward()
                         step_loss += float(loss.detach())
                     if not math.isfinite(step_loss):
