@@ -4,7 +4,7 @@ For each type (full, LoRA, DoRA) both loops train a fresh copy of the model for 
 exactly the same batches (the HF Trainer is given the examples in editdecay's order with a sequential
 sampler), with the same settings: all layers, attention + MLP projections, batch ``--batch-size``, max length
 ``--max-length``, AdamW, linear schedule with warmup, clipping at 1.0, no accumulation, float32 on CPU. A step's
-time is the wall time between consecutive step ends (data, forward, backward, clip, optimizer), so the first
+time is the wall time (and, separately, this process's CPU time) between consecutive step ends (data, forward, backward, clip, optimizer), so the first
 step (start-up, allocator warm-up) is not counted; the table quotes the median tokens/second over the
 remaining steps (tokens = non-padding tokens of the batch). This is a few steps each: a throughput
 comparison, not a training run. The two loops of one type run back to back, alternating which goes first,
@@ -39,17 +39,24 @@ def _rates(ends: list[float], tokens: list[int]) -> list[float]:
     return [tokens[i] / (ends[i] - ends[i - 1]) for i in range(1, len(ends))]
 
 
+def _summary(ends: list[float], cpu_ends: list[float], tokens: list[int]) -> dict[str, Any]:
+    rates, cpu_rates = _rates(ends, tokens), _rates(cpu_ends, tokens)
+    return {"rates": rates, "median_tokens_per_s": statistics.median(rates), "cpu_rates": cpu_rates,
+            "median_tokens_per_cpu_s": statistics.median(cpu_rates), "tokens": tokens}
+
+
 def run_editdecay(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[str, Any]:
     ends: list[float] = []
+    cpu_ends: list[float] = []
     tokens: list[int] = []
 
     def on_step(step: int, row: dict[str, Any]) -> None:
         ends.append(time.perf_counter())
+        cpu_ends.append(time.process_time())
         tokens.append(row["tokens"])
 
     finetune(model_name, cfg, workdir / f"ours-{cfg.type}", progress=False, on_step=on_step)
-    rates = _rates(ends, tokens)
-    return {"rates": rates, "median_tokens_per_s": statistics.median(rates), "tokens": tokens}
+    return _summary(ends, cpu_ends, tokens)
 
 
 def run_hf_trainer(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[str, Any]:
@@ -81,10 +88,12 @@ def run_hf_trainer(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
     ends: list[float] = []
+    cpu_ends: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             ends.append(time.perf_counter())
+            cpu_ends.append(time.process_time())
 
     class InOrder(Trainer):
         def _get_train_sampler(self, *args, **kwargs):
@@ -99,9 +108,7 @@ def run_hf_trainer(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[
     )
     trainer = InOrder(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()])
     trainer.train()
-    tokens = tokens[: len(ends)]
-    rates = _rates(ends, tokens)
-    return {"rates": rates, "median_tokens_per_s": statistics.median(rates), "tokens": tokens}
+    return _summary(ends, cpu_ends, tokens[: len(ends)])
 
 
 def fitting_examples(args: argparse.Namespace, folder: Path) -> Path:
@@ -156,17 +163,24 @@ def main() -> None:
                 start = time.perf_counter()
                 row[name] = fn(args.model, cfg, Path(tmp))
                 row[name]["wall_s"] = time.perf_counter() - start
-                print(f"  {ft_type:<5} {name:<10} median {row[name]['median_tokens_per_s']:.1f} tok/s", flush=True)
+                print(f"  {ft_type:<5} {name:<10} median {row[name]['median_tokens_per_s']:.1f} tok/s, "
+                      f"{row[name]['median_tokens_per_cpu_s']:.1f} tok/cpu-s", flush=True)
             assert row["editdecay"]["tokens"] == row["hf_trainer"]["tokens"], "the loops saw different batches"
             row["speedup"] = row["editdecay"]["median_tokens_per_s"] / row["hf_trainer"]["median_tokens_per_s"]
+            row["cpu_speedup"] = (row["editdecay"]["median_tokens_per_cpu_s"]
+                                  / row["hf_trainer"]["median_tokens_per_cpu_s"])
             results["types"][ft_type] = row
     results["load_end"] = os.getloadavg()
     print(f"\nSmolLM2-135M, {args.steps} steps x batch {args.batch_size} x max_length {args.max_length}, "
           f"{args.threads} thread(s); median tokens/s over steps 2..{args.steps}")
-    print(f"{'type':<6} {'editdecay':>10} {'HF Trainer':>11} {'speedup':>8}")
+    print("(wall: tokens per wall-clock second; cpu: tokens per CPU-second of this process, which other load on a "
+          "shared machine disturbs less)")
+    print(f"{'type':<6} {'wall ours':>10} {'wall HF':>9} {'speedup':>8} {'cpu ours':>9} {'cpu HF':>8} {'speedup':>8}")
     for ft_type, row in results["types"].items():
-        print(f"{ft_type:<6} {row['editdecay']['median_tokens_per_s']:>10.1f} "
-              f"{row['hf_trainer']['median_tokens_per_s']:>11.1f} {row['speedup']:>7.2f}x")
+        ours, hf = row["editdecay"], row["hf_trainer"]
+        print(f"{ft_type:<6} {ours['median_tokens_per_s']:>10.1f} {hf['median_tokens_per_s']:>9.1f} "
+              f"{row['speedup']:>7.2f}x {ours['median_tokens_per_cpu_s']:>9.1f} {hf['median_tokens_per_cpu_s']:>8.1f} "
+              f"{row['cpu_speedup']:>7.2f}x")
     print(f"load average: start {results['load_start'][0]:.1f}, end {results['load_end'][0]:.1f}")
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
