@@ -6,7 +6,7 @@
 - ingest: one evaluation of 1,000 records (6 metrics each) + 7 downstream tasks into the store, one transaction.
 - resume: re-running a finished tiny grid (every stage found done: registration + status checks only).
 - tiny run: the whole tiny grid from scratch once (wall time vs the stages' own compute time).
-Prints a table of medians and writes benchmarks/results/experiment.json.
+Prints a table of medians and writes benchmarks/results/bench_experiment.json.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> None:
         details = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
                             if k != "median_s")
         print(f"{name:<30} {row['median_s']:>9.3f}  {details}")
-    out = ROOT / "benchmarks" / "results" / "experiment.json"
+    out = ROOT / "benchmarks" / "results" / "bench_experiment.json"
     atomic_write_json(out, {"benchmarks": rows, "repeats": args.repeats, "versions": library_versions(),
                             "machine": machine_info()})
     print(f"wrote {out}")
