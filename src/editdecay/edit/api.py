@@ -1,0 +1,288 @@
+"""Editing API: write facts into a model in place (:func:`edit`) or into an edit folder (:func:`edit_to_folder`).
+
+    from editdecay import api
+    model, tok = api.load_model("smollm2-135m")
+    records = api.load_edit_records("counterfact", n=100)
+    result = api.edit(model, tok, records, method="memit")         # or "alphaedit"
+    apply_deltas(model, result.deltas, sign=-1)                      # undo
+
+An edit folder (docs/design.md) is a Hugging Face model folder plus ``deltas.safetensors`` (one float32
+tensor per edited weight, stored orientation, ``W_edited = W_base + delta``) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from editdecay.data.records import EditRecord
+from editdecay.edit import core
+from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
+from editdecay.edit.hparams import EditHparams, resolve_hparams
+from editdecay.edit.memit import MemitRule
+from editdecay.edit.stats import StatsCache, second_moments
+from editdecay.errors import ConfigError, DataError, ModelError
+from editdecay.models.arch import get_adapter
+
+DELTAS_FILE = "deltas.safetensors"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class EditResult:
+    """What an edit did: the weight deltas (stored orientation, float32) and how they were made."""
+
+    deltas: dict[str, torch.Tensor]
+    layers: list[int]
+    hparams: EditHparams
+    stats_id: str
+    timings: dict[str, float]
+    method: str = "memit"
+    case_ids: list[str] = field(default_factory=list)
+    templates: list[list[str]] = field(default_factory=list)
+    target_loss: list[float] = field(default_factory=list)
+    target_prob: list[float] = field(default_factory=list)
+    target_steps: list[int] = field(default_factory=list)
+    state: AlphaEditState | None = None
+    n_batches: int = 1
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-able facts for manifests and logs."""
+        out: dict[str, Any] = {
+            "n_edits": len(self.case_ids),
+            "n_batches": self.n_batches,
+            "target_prob_median": statistics.median(self.target_prob) if self.target_prob else None,
+            "target_prob_min": min(self.target_prob) if self.target_prob else None,
+            "target_steps_mean": statistics.fmean(self.target_steps) if self.target_steps else None,
+            "delta_norms": {name: float(d.norm()) for name, d in self.deltas.items()},
+        }
+        if self.state is not None:
+            out["nullspace_ranks"] = {str(k): v for k, v in self.state.ranks().items()}
+        return out
+
+
+def _as_records(records: Sequence[EditRecord | dict[str, Any]]) -> list[EditRecord]:
+    out = []
+    for i, rec in enumerate(records):
+        if isinstance(rec, EditRecord):
+            out.append(rec)
+        elif isinstance(rec, dict):
+            try:
+                out.append(EditRecord.from_dict(rec))
+            except TypeError as exc:
+                raise DataError("<records>", f"not an EditRecord dict: {exc}", i) from None
+        else:
+            raise DataError("<records>", f"expected EditRecord or dict, got {type(rec).__name__}", i)
+    if not out:
+        raise DataError("<records>", "no records to edit")
+    return out
+
+
+def edit(
+    model: nn.Module,
+    tok: Any,
+    records: Sequence[EditRecord | dict[str, Any]],
+    method: str = "memit",
+    hparams: EditHparams | dict[str, Any] | str | os.PathLike | None = None,
+    stats_cache: StatsCache | None | bool = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    overrides: dict[str, Any] | None = None,
+    state: AlphaEditState | None = None,
+) -> EditResult:
+    """Write ``records`` into ``model`` IN PLACE with MEMIT or AlphaEdit and return the deltas.
+
+    ``hparams``: a dataclass, a dict or a YAML/JSON file, applied over the model's defaults
+    (:func:`~editdecay.edit.hparams.default_hparams`); ``overrides`` last. ``stats_cache``: a
+    :class:`StatsCache` (default: ``$EDITDECAY_HOME/stats``), or False for none. ``batch_size``: edit
+    sequentially in batches of this many records (default: all in one batch); AlphaEdit remembers the keys
+    of earlier batches (pass ``state`` to continue a previous call's sequence).
+    """
+    t_start = time.perf_counter()
+    records = _as_records(records)
+    adapter = get_adapter(model)
+    hp = resolve_hparams(method, model, hparams, overrides)
+    method = hp.method
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if stats_cache is None or stats_cache is True:
+        stats_cache = StatsCache.default()
+    elif stats_cache is False:
+        stats_cache = None
+    requests = [core.Request.from_record(r) for r in records]
+    log = (lambda msg: print(f"[editdecay edit] {msg}", file=sys.stderr)) if progress else None
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    templates = core.context_templates(model, tok, hp.context_template_length_params, seed)
+    timings["templates"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    stats = second_moments(model, tok, adapter, hp.layers, corpora=hp.mom2_dataset, n_tokens=hp.mom2_n_tokens,
+                           seq_len=hp.mom2_seq_len, accum_dtype=hp.mom2_dtype, cache=stats_cache,
+                           progress=progress)
+    timings["stats"] = time.perf_counter() - t
+    if log:
+        cached = f" ({len(stats.from_cache)} of {len(hp.layers)} layers from the cache)" if stats.from_cache else ""
+        log(f"second moments for layers {hp.layers}: {timings['stats']:.1f}s{cached}")
+
+    if method == "alphaedit":
+        t = time.perf_counter()
+        if state is None:
+            state = AlphaEditState.from_stats({layer: stats.cov[layer] for layer in hp.layers},
+                                              hp.nullspace_threshold, stats.stats_id)
+        state.check(hp.layers, hp.nullspace_threshold)
+        rule: core.UpdateRule = AlphaEditRule(state, hp.L2)
+        timings["projection"] = time.perf_counter() - t
+        if log:
+            log(f"null-space ranks {state.ranks()} (threshold {hp.nullspace_threshold})")
+    else:
+        if state is not None:
+            raise ConfigError("state is AlphaEdit's; MEMIT keeps no state between batches")
+        rule = MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition)
+
+    size = batch_size or len(requests)
+    deltas: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    probs: list[float] = []
+    steps: list[int] = []
+    n_batches = 0
+    timings["targets"] = timings["update"] = 0.0
+    for lo in range(0, len(requests), size):
+        batch = requests[lo:lo + size]
+        n_batches += 1
+        t = time.perf_counter()
+        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress)
+        timings["targets"] += time.perf_counter() - t
+        if log:
+            log(f"batch {n_batches}: target values for {len(batch)} requests in {time.perf_counter() - t:.1f}s, "
+                f"median target prob {statistics.median(targets.prob):.3f}")
+        t = time.perf_counter()
+        batch_deltas = core.apply_update(model, tok, adapter, batch, templates, hp, targets, rule,
+                                         progress=progress, log=log)
+        timings["update"] += time.perf_counter() - t
+        for name, d in batch_deltas.items():
+            deltas[name] = deltas[name] + d if name in deltas else d
+        losses += targets.loss
+        probs += targets.prob
+        steps += targets.steps
+    timings["total"] = time.perf_counter() - t_start
+    return EditResult(
+        deltas=deltas, layers=list(hp.layers), hparams=hp, stats_id=stats.stats_id, timings=timings,
+        method=method, case_ids=[r.case_id for r in requests], templates=templates, target_loss=losses,
+        target_prob=probs, target_steps=steps, state=state if method == "alphaedit" else None, n_batches=n_batches,
+    )
+
+
+def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], sign: int = 1) -> None:
+    """``W += sign * delta`` for every saved delta (sign=-1 undoes an edit)."""
+    if sign not in (1, -1):
+        raise ConfigError(f"sign must be +1 or -1, got {sign}")
+    params = dict(model.named_parameters())
+    for name, delta in deltas.items():
+        if name not in params:
+            raise ModelError(f"delta for {name!r}: the model has no such parameter")
+        p = params[name]
+        if tuple(p.shape) != tuple(delta.shape):
+            raise ModelError(f"delta for {name!r} has shape {tuple(delta.shape)}, the parameter {tuple(p.shape)}")
+        with torch.no_grad():
+            p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=sign)
+
+
+def save_deltas(path: str | os.PathLike, deltas: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    from editdecay.util.io import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in deltas.items()}))
+
+
+def load_deltas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The deltas of an edit folder (or a deltas.safetensors file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / DELTAS_FILE
+    if not path.exists():
+        raise ModelError(f"{path} not found: not an edit folder")
+    return load_file(str(path))
+
+
+def edit_to_folder(
+    model_name_or_path: str | os.PathLike,
+    records: Sequence[EditRecord | dict[str, Any]],
+    out_dir: str | os.PathLike,
+    method: str = "memit",
+    hparams: EditHparams | dict[str, Any] | str | os.PathLike | None = None,
+    stats_cache: StatsCache | None | bool = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    *,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    records_source: str | None = None,
+    model: nn.Module | None = None,
+    tok: Any = None,
+) -> EditResult:
+    """Load the model, edit it, and write ``out_dir`` (model folder + deltas + manifest) atomically."""
+    from editdecay.models.registry import load_model, resolve_model
+    from editdecay.util.env import library_versions
+    from editdecay.util.io import atomic_dir, atomic_write_json
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    records = _as_records(records)
+    if model is None:
+        model, tok = load_model(model_name_or_path)
+    elif tok is None:
+        raise ConfigError("pass tok together with model")
+    result = edit(model, tok, records, method=method, hparams=hparams, stats_cache=stats_cache,
+                  batch_size=batch_size, seed=seed, progress=progress, overrides=overrides)
+    t = time.perf_counter()
+    try:
+        resolved = str(resolve_model(model_name_or_path))
+    except Exception:  # noqa: BLE001 - a hub id or a model passed in: record the name as given
+        resolved = str(model_name_or_path)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        save_deltas(tmp / DELTAS_FILE, result.deltas)
+        if result.state is not None:
+            result.state.save(tmp / "alphaedit_state.safetensors")
+        result.timings["save"] = time.perf_counter() - t
+        manifest = {
+            "stage": "edit",
+            "method": result.method,
+            "base_model": str(model_name_or_path),
+            "base_model_path": resolved,
+            "records": [r.to_dict() for r in records],
+            "records_source": records_source,
+            "layers": result.layers,
+            "hparams": result.hparams.to_dict(),
+            "stats_id": result.stats_id,
+            "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "versions": library_versions(),
+            "seed": seed,
+            "n_edits": len(records),
+            "batch_size": batch_size,
+            "deltas": {name: list(d.shape) for name, d in result.deltas.items()},
+            "context_templates": result.templates,
+            "summary": result.summary(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    return result

@@ -1,0 +1,354 @@
+"""Hyperparameters of the editing methods: dataclasses plus ONE table of per-model defaults.
+
+Field names follow the MEMIT/AlphaEdit reference code (``v_lr``, ``clamp_norm_factor``,
+``mom2_update_weight`` ...) so published settings can be pasted in. Differences from the reference files:
+
+- ``mom2_n_tokens`` replaces ``mom2_n_samples``: the statistics are counted in tokens (the reference counts
+  Wikipedia articles of up to the context length); ``mom2_dataset`` names corpora of
+  :func:`editdecay.data.corpora.load_text`.
+- ``v_loss_layer=None`` means the last layer (the papers always tie the loss to the last layer).
+- ``context_template_length_params`` is ``[[max_tokens, count], ...]``; MEMIT/AlphaEdit use one group of
+  five 10-token generations (``[[10, 5]]``), ROME two groups (``[[5, 10], [10, 10]]``).
+- ``z_batch_size`` (requests optimised together) and ``max_condition`` (the solve's condition-number limit)
+  are engineering knobs of this implementation and do not change the algorithm.
+
+Defaults come from :data:`DEFAULTS`, keyed by ``(method, model key)``: the papers' values for GPT-2 XL,
+GPT-J and Llama-3-8B, and values found by the sweep in ``scripts/sweep_edit.py`` (see docs/editing.md) for
+SmolLM2-135M and Gemma-3-270M. Other models get :func:`generic_layers` and the small-model values.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from editdecay.errors import ConfigError
+
+METHODS = ("memit", "alphaedit")
+
+
+@dataclass
+class EditHparams:
+    """MEMIT hyperparameters (shared by every method built on the core)."""
+
+    method: ClassVar[str] = "memit"
+
+    layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
+    layer_selection: str = "all"
+    fact_token: str = "subject_last"
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    # target values z
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 25
+    v_loss_layer: int | None = None
+    v_weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    kl_factor: float = 0.0625
+    v_early_stop_loss: float = 5e-2
+    # second moments
+    mom2_dataset: list[str] = field(default_factory=lambda: ["wikitext", "wikipedia"])
+    mom2_n_tokens: int = 100_000
+    mom2_dtype: str = "float64"
+    mom2_seq_len: int = 256
+    mom2_update_weight: float = 15000.0
+    # engineering knobs (no effect on the result beyond float rounding)
+    z_batch_size: int = 16
+    max_condition: float = 1e12
+
+    # ------------------------------------------------------------------------------------------------
+    def validate(self, num_layers: int | None = None) -> None:
+        """Raise :class:`ConfigError` naming the key for any value the methods cannot use."""
+        if not self.layers:
+            raise ConfigError("hparams.layers: at least one layer is needed")
+        if any(not isinstance(x, int) or isinstance(x, bool) for x in self.layers):
+            raise ConfigError(f"hparams.layers: expected integers, got {self.layers!r}")
+        if sorted(set(self.layers)) != list(self.layers):
+            raise ConfigError(f"hparams.layers: must be strictly increasing, got {self.layers!r}")
+        if self.layers[0] < 0:
+            raise ConfigError(f"hparams.layers: negative layer in {self.layers!r}")
+        if num_layers is not None and self.layers[-1] >= num_layers:
+            raise ConfigError(f"hparams.layers: layer {self.layers[-1]} out of range, the model has layers "
+                              f"0..{num_layers - 1}")
+        if self.layer_selection != "all":
+            raise ConfigError(f"hparams.layer_selection: only 'all' is supported, got {self.layer_selection!r}")
+        if self.fact_token != "subject_last":
+            raise ConfigError(f"hparams.fact_token: only 'subject_last' is supported, got {self.fact_token!r}")
+        ctp = self.context_template_length_params
+        if not isinstance(ctp, list) or any(
+            not isinstance(p, (list, tuple)) or len(p) != 2 or any(not isinstance(v, int) or v < 0 for v in p)
+            for p in ctp
+        ):
+            raise ConfigError("hparams.context_template_length_params: expected [[max_tokens, count], ...] "
+                              f"with non-negative integers, got {ctp!r}")
+        if num_layers is not None and self.v_loss_layer not in (None, num_layers - 1):
+            raise ConfigError(f"hparams.v_loss_layer: only the last layer ({num_layers - 1}) is supported "
+                              f"(use null), got {self.v_loss_layer}")
+        positive = {"v_lr": self.v_lr, "clamp_norm_factor": self.clamp_norm_factor,
+                    "mom2_n_tokens": self.mom2_n_tokens, "mom2_seq_len": self.mom2_seq_len,
+                    "z_batch_size": self.z_batch_size, "max_condition": self.max_condition}
+        for key, value in positive.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"hparams.{key}: must be a positive number, got {value!r}")
+        non_negative = {"v_num_grad_steps": self.v_num_grad_steps, "v_weight_decay": self.v_weight_decay,
+                        "kl_factor": self.kl_factor, "v_early_stop_loss": self.v_early_stop_loss,
+                        "mom2_update_weight": self.mom2_update_weight}
+        for key, value in non_negative.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"hparams.{key}: must be a non-negative number, got {value!r}")
+        if not isinstance(self.v_num_grad_steps, int):
+            raise ConfigError(f"hparams.v_num_grad_steps: expected an integer, got {self.v_num_grad_steps!r}")
+        if self.mom2_dtype not in ("float64", "float32"):
+            raise ConfigError(f"hparams.mom2_dtype: 'float64' or 'float32', got {self.mom2_dtype!r}")
+        if isinstance(self.mom2_dataset, str):
+            self.mom2_dataset = [self.mom2_dataset]
+        if not self.mom2_dataset or any(not isinstance(x, str) for x in self.mom2_dataset):
+            raise ConfigError(f"hparams.mom2_dataset: expected corpus names or paths, got {self.mom2_dataset!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["method"] = self.method
+        return out
+
+
+@dataclass
+class AlphaEditHparams(EditHparams):
+    """AlphaEdit: MEMIT's keys and targets, plus the null-space projection threshold and the L2 weight α."""
+
+    method: ClassVar[str] = "alphaedit"
+
+    nullspace_threshold: float = 2e-2
+    L2: float = 10.0
+
+    def validate(self, num_layers: int | None = None) -> None:
+        super().validate(num_layers)
+        if not isinstance(self.nullspace_threshold, (int, float)) or not self.nullspace_threshold > 0:
+            raise ConfigError(f"hparams.nullspace_threshold: must be positive, got {self.nullspace_threshold!r}")
+        if not isinstance(self.L2, (int, float)) or self.L2 < 0:
+            raise ConfigError(f"hparams.L2: must be non-negative, got {self.L2!r}")
+
+
+HPARAMS_CLASSES: dict[str, type[EditHparams]] = {"memit": EditHparams, "alphaedit": AlphaEditHparams}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# THE table of defaults. Keys: (method, model key); values override the dataclass defaults.
+
+_PAPER = dict(v_weight_decay=0.5, kl_factor=0.0625, clamp_norm_factor=0.75, mom2_n_tokens=100_000)
+_ALPHA = dict(nullspace_threshold=2e-2, L2=10.0)
+
+# Swept on SmolLM2-135M / CounterFact (scripts/sweep_edit.py; table and reasoning in docs/editing.md).
+_SMOLLM2 = dict(layers=[4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
+                v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=150.0, mom2_n_tokens=100_000)
+_GEMMA3_270M = dict(layers=[3, 4, 5, 6], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
+                    v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=150.0, mom2_n_tokens=100_000)
+_SMALL = dict(v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0, mom2_update_weight=150.0)
+
+DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    # MEMIT paper / reference code hparams/MEMIT/*.json
+    ("memit", "gpt2-xl"): dict(_PAPER, layers=[13, 14, 15, 16, 17], v_lr=0.5, v_num_grad_steps=20,
+                               mom2_update_weight=20000.0),
+    ("memit", "gpt-j-6b"): dict(_PAPER, layers=[3, 4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25,
+                                mom2_update_weight=15000.0),
+    ("memit", "llama3-8b"): dict(_PAPER, layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25,
+                                 mom2_update_weight=15000.0),
+    # AlphaEdit reference code hparams/AlphaEdit/*.json
+    ("alphaedit", "gpt2-xl"): dict(_PAPER, **_ALPHA, layers=[13, 14, 15, 16, 17], v_lr=0.5, v_num_grad_steps=20,
+                                   mom2_update_weight=20000.0),
+    ("alphaedit", "gpt-j-6b"): dict(_PAPER, **_ALPHA, layers=[3, 4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25,
+                                    mom2_update_weight=15000.0),
+    ("alphaedit", "llama3-8b"): dict(_PAPER, **_ALPHA, layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25,
+                                     mom2_update_weight=15000.0),
+    # swept here
+    ("memit", "smollm2-135m"): dict(_SMOLLM2),
+    ("alphaedit", "smollm2-135m"): dict(_SMOLLM2, nullspace_threshold=2e-2, L2=10.0),
+    ("memit", "gemma3-270m"): dict(_GEMMA3_270M),
+    ("alphaedit", "gemma3-270m"): dict(_GEMMA3_270M, nullspace_threshold=2e-2, L2=10.0),
+    # anything else: small-model values, layers from generic_layers()
+    ("memit", "generic"): dict(_SMALL),
+    ("alphaedit", "generic"): dict(_SMALL, **_ALPHA),
+}
+
+
+def _config_of(model: Any) -> Any:
+    return getattr(model, "config", model)
+
+
+def _get(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None) if not isinstance(config, dict) else config.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def model_key(model: Any) -> str:
+    """The defaults-table key of a model (or config, or registered name): architecture + size."""
+    if isinstance(model, str):
+        if any(key == model for _, key in DEFAULTS):
+            return model
+        return "generic"
+    config = _config_of(model)
+    model_type = _get(config, "model_type")
+    n_layers = _get(config, "num_hidden_layers", "n_layer")
+    d_model = _get(config, "hidden_size", "n_embd")
+    if model_type == "gpt2" and n_layers == 48 and d_model == 1600:
+        return "gpt2-xl"
+    if model_type == "gptj" and n_layers == 28 and d_model == 4096:
+        return "gpt-j-6b"
+    if model_type == "llama" and n_layers == 32 and d_model == 4096:
+        return "llama3-8b"
+    if model_type == "llama" and n_layers == 30 and d_model == 576:
+        return "smollm2-135m"
+    if model_type in ("gemma3_text", "gemma3") and n_layers == 18 and d_model == 640:
+        return "gemma3-270m"
+    return "generic"
+
+
+def generic_layers(n_layers: int) -> list[int]:
+    """Layers for a model without a table row: a window of up to 5 layers starting ~15% deep.
+
+    On 30 layers this gives 4..8 (the Llama-3-8B window scaled to depth), on 4 layers [1].
+    """
+    count = max(1, min(5, n_layers // 6))
+    start = max(1, round(n_layers * 0.15)) if n_layers > 1 else 0
+    start = min(start, max(0, n_layers - count))
+    return list(range(start, start + count))
+
+
+def default_hparams(method: str, model: Any = None) -> EditHparams:
+    """Defaults for ``method`` on ``model`` (an nn.Module, a config, or a table key such as 'gpt2-xl')."""
+    method = _check_method(method)
+    key = model_key(model) if model is not None else "generic"
+    values = dict(DEFAULTS[(method, key)])
+    if "layers" not in values:
+        n_layers = _get(_config_of(model), "num_hidden_layers", "n_layer") if model is not None else None
+        values["layers"] = generic_layers(int(n_layers)) if n_layers else [4, 5, 6, 7, 8]
+    return HPARAMS_CLASSES[method](**values)
+
+
+def _check_method(method: str) -> str:
+    method = str(method).lower()
+    if method not in HPARAMS_CLASSES:
+        raise ConfigError(f"unknown editing method {method!r}; known: {', '.join(METHODS)}")
+    return method
+
+
+def hparams_from_dict(method: str, values: dict[str, Any], base: EditHparams | None = None) -> EditHparams:
+    """``base`` (or the dataclass defaults) with ``values`` applied; unknown keys raise ConfigError."""
+    method = _check_method(method)
+    cls = HPARAMS_CLASSES[method]
+    names = {f.name for f in fields(cls)}
+    values = dict(values)
+    given_method = values.pop("method", None)
+    if given_method is not None and str(given_method).lower() != method:
+        raise ConfigError(f"hparams.method: the file is for {given_method!r} but the method is {method!r}")
+    for ignored in ("model_name", "alg_name"):  # descriptive keys of the reference files
+        values.pop(ignored, None)
+    unknown = sorted(set(values) - names)
+    if unknown:
+        other = {f.name for f in fields(AlphaEditHparams)} - names
+        hint = " (AlphaEdit-only keys; use --method alphaedit)" if set(unknown) <= other else ""
+        raise ConfigError(f"unknown hparams key(s) {', '.join(unknown)} for {method}{hint}; "
+                          f"known: {', '.join(sorted(names))}")
+    if base is not None:
+        start = {f.name: copy.deepcopy(getattr(base, f.name)) for f in fields(cls) if hasattr(base, f.name)}
+    else:
+        start = {}
+    start.update(values)
+    try:
+        hp = cls(**start)
+    except TypeError as exc:
+        raise ConfigError(f"invalid hparams for {method}: {exc}") from None
+    hp.validate()
+    return hp
+
+
+def load_hparams_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML or JSON mapping of hparams keys (the reference code's JSON files work as they are)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"hparams file {path} not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes a config error naming the file
+        raise ConfigError(f"hparams file {path}: cannot parse: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"hparams file {path}: expected a mapping of keys to values")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML (numbers, lists, null) -> (key, value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw)
+    except Exception:  # noqa: BLE001
+        value = raw
+    if key == "layers" and isinstance(value, str):
+        value = parse_layers(value)
+    elif key == "layers" and isinstance(value, int):
+        value = [value]
+    return key, value
+
+
+def parse_layers(text: str) -> list[int]:
+    """'4,5,6' or '4-8' or '4-6,9' -> [4, 5, 6] / [4, ..., 8] / [4, 5, 6, 9]."""
+    out: list[int] = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise ConfigError(f"--layers: expected integers like 4,5,6 or 4-8, got {text!r}") from None
+    if not out:
+        raise ConfigError(f"--layers: no layers in {text!r}")
+    return out
+
+
+def resolve_hparams(
+    method: str,
+    model: Any,
+    hparams: EditHparams | dict[str, Any] | str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> EditHparams:
+    """Defaults for the model, then a dataclass / dict / file, then overrides; validated against the model."""
+    method = _check_method(method)
+    if isinstance(hparams, EditHparams):
+        if hparams.method != method:
+            raise ConfigError(f"hparams are {type(hparams).__name__} ({hparams.method}) but the method is {method}")
+        base = hparams
+    else:
+        base = default_hparams(method, model)
+        if isinstance(hparams, (str, os.PathLike)):
+            base = hparams_from_dict(method, load_hparams_file(hparams), base)
+        elif isinstance(hparams, dict):
+            base = hparams_from_dict(method, hparams, base)
+        elif hparams is not None:
+            raise ConfigError(f"hparams must be a dataclass, dict or file path, got {type(hparams).__name__}")
+    if overrides:
+        base = hparams_from_dict(method, overrides, base)
+    n_layers = _get(_config_of(model), "num_hidden_layers", "n_layer") if model is not None else None
+    base.validate(int(n_layers) if n_layers else None)
+    return base

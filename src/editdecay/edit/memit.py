@@ -1,0 +1,40 @@
+"""MEMIT's update rule (Meng et al. 2022, eq. 14): ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹.
+
+K [d_in, n] are the keys of the edited facts, R [d_out, n] the residuals this layer must add, C = E[k kᵀ]
+the second moment of the layer's keys over generic text and λ = ``mom2_update_weight``. Computed in float64
+with a linear solve (never an explicit inverse); the system is symmetric positive definite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from editdecay.edit.core import solve_checked
+
+
+def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
+                max_condition: float | None = None, what: str = "MEMIT update") -> torch.Tensor:
+    """ΔW [d_out, d_in] = R Kᵀ (λC + KKᵀ)⁻¹, as the solve (λC + KKᵀ) X = K, ΔW = R Xᵀ (float64)."""
+    keys, resid, cov = keys.double(), resid.double(), cov.double().to(keys.device)
+    a = lam * cov + keys @ keys.T
+    adj = solve_checked(a, keys, what=what, max_condition=max_condition, symmetric=True)  # [d_in, n]
+    return resid @ adj.T
+
+
+@dataclass
+class MemitRule:
+    """MEMIT as an :class:`~editdecay.edit.core.UpdateRule`: ``cov`` maps layer -> C (float64)."""
+
+    cov: dict[int, torch.Tensor]
+    mom2_update_weight: float
+    max_condition: float | None = None
+    wants_final_keys: bool = False
+
+    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        return memit_delta(keys, resid, self.cov[layer], self.mom2_update_weight,
+                           max_condition=self.max_condition, what=f"layer {layer}")
+
+    def after_edit(self, keys: dict[int, torch.Tensor]) -> None:  # MEMIT keeps no state between batches
+        return None
