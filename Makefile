@@ -22,8 +22,15 @@ setup: $(STAMP)
 	$(BIN)/editdecay models --prepare smollm2-135m
 	$(BIN)/editdecay models --prepare gemma3-270m
 
+DEMO_OUT ?= demo-out
+
+# The main job: edit SmolLM2 (MEMIT), fine-tune it (LoRA), score the four groups, write the report.
+# Resumable: running it again reuses every finished stage.
 demo: setup
-	$(BIN)/python scripts/demo.py
+	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work
+	$(BIN)/editdecay report $(DEMO_OUT)/results.db --out $(DEMO_OUT)/report
+	$(BIN)/editdecay report $(DEMO_OUT)/results.db --format text
+	@echo "report: $(DEMO_OUT)/report/report.html"
 
 test: setup
 	# the report's browser test renders the HTML in Debian's headless chromium (installed once, idempotent)
