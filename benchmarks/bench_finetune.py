@@ -39,24 +39,26 @@ def _rates(ends: list[float], tokens: list[int]) -> list[float]:
     return [tokens[i] / (ends[i] - ends[i - 1]) for i in range(1, len(ends))]
 
 
-def _summary(ends: list[float], cpu_ends: list[float], tokens: list[int]) -> dict[str, Any]:
+def _summary(ends: list[float], cpu_ends: list[float], tokens: list[int], losses: list[float]) -> dict[str, Any]:
     rates, cpu_rates = _rates(ends, tokens), _rates(cpu_ends, tokens)
     return {"rates": rates, "median_tokens_per_s": statistics.median(rates), "cpu_rates": cpu_rates,
-            "median_tokens_per_cpu_s": statistics.median(cpu_rates), "tokens": tokens}
+            "median_tokens_per_cpu_s": statistics.median(cpu_rates), "tokens": tokens, "losses": losses}
 
 
 def run_editdecay(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[str, Any]:
     ends: list[float] = []
     cpu_ends: list[float] = []
     tokens: list[int] = []
+    losses: list[float] = []
 
     def on_step(step: int, row: dict[str, Any]) -> None:
         ends.append(time.perf_counter())
         cpu_ends.append(time.process_time())
         tokens.append(row["tokens"])
+        losses.append(row["loss"])
 
     finetune(model_name, cfg, workdir / f"ours-{cfg.type}", progress=False, on_step=on_step)
-    return _summary(ends, cpu_ends, tokens)
+    return _summary(ends, cpu_ends, tokens, losses)
 
 
 def run_hf_trainer(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[str, Any]:
@@ -108,7 +110,8 @@ def run_hf_trainer(model_name: str, cfg: FinetuneConfig, workdir: Path) -> dict[
     )
     trainer = InOrder(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=[Clock()])
     trainer.train()
-    return _summary(ends, cpu_ends, tokens[: len(ends)])
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return _summary(ends, cpu_ends, tokens[: len(ends)], losses)
 
 
 def fitting_examples(args: argparse.Namespace, folder: Path) -> Path:
@@ -166,6 +169,8 @@ def main() -> None:
                 print(f"  {ft_type:<5} {name:<10} median {row[name]['median_tokens_per_s']:.1f} tok/s, "
                       f"{row[name]['median_tokens_per_cpu_s']:.1f} tok/cpu-s", flush=True)
             assert row["editdecay"]["tokens"] == row["hf_trainer"]["tokens"], "the loops saw different batches"
+            row["max_loss_difference"] = max(abs(a - b) for a, b in zip(row["editdecay"]["losses"],
+                                                                         row["hf_trainer"]["losses"], strict=True))
             row["speedup"] = row["editdecay"]["median_tokens_per_s"] / row["hf_trainer"]["median_tokens_per_s"]
             row["cpu_speedup"] = (row["editdecay"]["median_tokens_per_cpu_s"]
                                   / row["hf_trainer"]["median_tokens_per_cpu_s"])
@@ -181,6 +186,8 @@ def main() -> None:
         print(f"{ft_type:<6} {ours['median_tokens_per_s']:>10.1f} {hf['median_tokens_per_s']:>9.1f} "
               f"{row['speedup']:>7.2f}x {ours['median_tokens_per_cpu_s']:>9.1f} {hf['median_tokens_per_cpu_s']:>8.1f} "
               f"{row['cpu_speedup']:>7.2f}x")
+    print("max |loss difference| per step between the loops (same batches, same update rule): "
+          + ", ".join(f"{t} {row['max_loss_difference']:.2g}" for t, row in results["types"].items()))
     print(f"load average: start {results['load_start'][0]:.1f}, end {results['load_end'][0]:.1f}")
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")

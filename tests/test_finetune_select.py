@@ -16,6 +16,7 @@ from editdecay.finetune.train import lr_at, token_loss_sum, total_steps, warmup_
 from editdecay.models.arch import get_adapter
 from editdecay.models.tiny import TINY_ARCHS
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models gain nothing from two threads, which spin against other processes on a shared CPU."""

@@ -203,7 +203,8 @@ def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     out = tmp_path / "ft"
     argv = ["finetune", "--model", str(edit_dir), "--type", "lora", "--layers", "edited", "--data", str(data),
             "--max-steps", "5", "--track-edits", str(edit_dir), "--eval-every", "2", "--seed", "1",
-            "--batch-size", "2", "--set", "r=4", "--set", "warmup_steps=0", "--out", str(out), "--no-progress"]
+            "--batch-size", "2", "--set", "r=4", "--set", "warmup_steps=0", "--set", "downstream_tasks=[boolq]",
+            "--set", "downstream_n=4", "--out", str(out), "--no-progress"]
     assert cli_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layers"] == [1, 2] and set(manifest["trained_parameters"]) == {"1", "2"}
@@ -212,6 +213,7 @@ def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     trajectory = json.loads((out / "trajectory.json").read_text())
     assert [p["step"] for p in trajectory] == [0, 2, 4, 5]
     assert all(0.0 <= p[m] <= 1.0 for p in trajectory for m in ("efficacy", "paraphrase", "neighborhood"))
+    assert all(set(p["downstream"]) == {"boolq"} and 0.0 <= p["downstream_mean"] <= 1.0 for p in trajectory)
     assert (out / "adapter" / "adapter_config.json").exists()
     from transformers import AutoModelForCausalLM
 

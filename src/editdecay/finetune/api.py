@@ -139,7 +139,8 @@ def finetune(
         raise ConfigError("downstream_tasks are evaluated by the decay tracker: pass --track-edits too")
 
     identity = {"config": cfg.run_hash(), "model": model_fingerprint(model), "data": cfg.data,
-                "track_edits": edit_manifest_path if records is not None else None}
+                "edited_layers": edit_manifest["layers"] if edit_manifest is not None else None,
+                "tracked": stable_hash([r.to_dict() for r in records]) if records is not None else None}
     run_hash = stable_hash(identity)
     done = _prepare_dirs(out, work, run_hash, overwrite)
     if done is not None:
