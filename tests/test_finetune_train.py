@@ -223,3 +223,18 @@ def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
     assert cli_main([a if a != "edited" else "9" for a in argv[:-3]] + ["--out", str(tmp_path / "y")]) == 1
     assert "out of range" in capsys.readouterr().err
+
+
+def test_edit_folder_as_model_gives_edited_layers(make_tiny, tmp_path, short_data):
+    """Without --track-edits, 'edited' layers come from the --model folder's own edit manifest."""
+    model, tok = make_tiny("gpt_neox")
+    edit_dir = tmp_path / "edit"
+    _edit_folder(model, tok, edit_dir, [0, 3])
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", str(edit_dir), "--type", "full", "--layers", "non-edited", "--modules", "mlp",
+            "--data", short_data, "--max-steps", "1", "--out", str(out), "--no-progress"]
+    assert cli_main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"] == [1, 2] and manifest["edit_manifest"] == str(edit_dir / "manifest.json")
+    assert manifest["trajectory"] is None and not (out / "trajectory.json").exists()
+    assert all(".mlp." in n for n in manifest["trained_parameter_names"])
