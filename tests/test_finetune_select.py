@@ -239,3 +239,24 @@ def test_logits_at_loss_positions_only_give_the_same_loss_and_grads(make_tiny, a
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5)
     assert not model.lm_head._forward_pre_hooks  # the hook is gone afterwards
+
+
+def test_fused_adamw_is_the_adamw_update():
+    """The fused optimizer the loop uses gives AdamW's closed-form first step: w - lr*(g/(|g|+eps)) - lr*wd*w."""
+    from editdecay.finetune.train import build_optimizer
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 3))
+    bias = torch.nn.Parameter(torch.randn(3))
+    w0, b0 = w.detach().clone(), bias.detach().clone()
+    w.grad, bias.grad = torch.randn(4, 3), torch.randn(3)
+    cfg = FinetuneConfig.from_dict({"type": "full", "lr": 0.1, "weight_decay": 0.5, "adam_eps": 1e-8})
+    opt = build_optimizer([("w", w), ("b", bias)], cfg)
+    assert opt.defaults["fused"]
+    opt.step()
+    lr = 0.1
+    # bias-corrected first Adam step: m_hat = g, v_hat = g^2 -> update g / (|g| + eps); decay only on matrices
+    expected_w = w0 * (1 - lr * 0.5) - lr * w.grad / (w.grad.abs() + 1e-8)
+    expected_b = b0 - lr * bias.grad / (bias.grad.abs() + 1e-8)
+    torch.testing.assert_close(w.detach(), expected_w)
+    torch.testing.assert_close(bias.detach(), expected_b)
