@@ -180,6 +180,7 @@ def test_refuses_other_runs_and_reuses_finished(make_tiny, tmp_path, short_data)
     assert other["run_hash"] != first["run_hash"] and other["config"]["seed"] == 1
     with pytest.raises(ConfigError, match="needs an edit manifest"):
         finetune(make_tiny("llama")[0], {**cfg, "layers": "edited"}, tmp_path / "o2", tokenizer=tok, progress=False)
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o2.partial").exists()  # no debris from bad input
 
 
 def _edit_folder(model, tok, folder, layers):

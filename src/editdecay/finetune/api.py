@@ -138,6 +138,11 @@ def finetune(
     if cfg.downstream_tasks and records is None:
         raise ConfigError("downstream_tasks are evaluated by the decay tracker: pass --track-edits too")
 
+    adapter = get_adapter(model)
+    selection = sel.select(model, cfg, edit_manifest)  # fails on a bad selection before any folder is made
+    peft_config = sel.lora_config(model, selection, cfg) if cfg.type != "full" else None
+    examples = load_examples(cfg.data, cfg.max_examples)
+
     identity = {"config": cfg.run_hash(), "model": model_fingerprint(model), "data": cfg.data,
                 "edited_layers": edit_manifest["layers"] if edit_manifest is not None else None,
                 "tracked": stable_hash([r.to_dict() for r in records]) if records is not None else None}
@@ -149,9 +154,7 @@ def finetune(
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "run.json", {"run_hash": run_hash, "identity": identity, "config": cfg.to_dict()})
 
-    adapter = get_adapter(model)
     seed_everything(cfg.seed)
-    selection = sel.select(model, cfg, edit_manifest)
     if cfg.type == "full":
         sel.apply_full_selection(model, selection)
         train_module: nn.Module = model
@@ -159,10 +162,9 @@ def finetune(
         from peft import get_peft_model
 
         model.requires_grad_(False)
-        train_module = get_peft_model(model, sel.lora_config(model, selection, cfg))
+        train_module = get_peft_model(model, peft_config)
     trained = [(n, p.numel()) for n, p in train_module.named_parameters() if p.requires_grad]
 
-    examples = load_examples(cfg.data, cfg.max_examples)
     data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed)
     tracker = None
     if records is not None:
