@@ -205,7 +205,7 @@ def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     argv = ["finetune", "--model", str(edit_dir), "--type", "lora", "--layers", "edited", "--data", str(data),
             "--max-steps", "5", "--track-edits", str(edit_dir), "--eval-every", "2", "--seed", "1",
             "--batch-size", "2", "--set", "r=4", "--set", "warmup_steps=0", "--set", "downstream_tasks=[boolq]",
-            "--set", "downstream_n=4", "--out", str(out), "--no-progress"]
+            "--set", "downstream_n=4", "--threads", "1", "--out", str(out), "--no-progress"]
     assert cli_main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["layers"] == [1, 2] and set(manifest["trained_parameters"]) == {"1", "2"}
