@@ -239,3 +239,28 @@ def test_edit_folder_as_model_gives_edited_layers(make_tiny, tmp_path, short_dat
     assert manifest["layers"] == [1, 2] and manifest["edit_manifest"] == str(edit_dir / "manifest.json")
     assert manifest["trajectory"] is None and not (out / "trajectory.json").exists()
     assert all(".mlp." in n for n in manifest["trained_parameter_names"])
+
+
+def test_tracked_run_resumes_with_the_same_trajectory(make_tiny, tmp_path, short_data):
+    model, tok = make_tiny("llama")
+    edit_dir = tmp_path / "edit"
+    _edit_folder(model, tok, edit_dir, [1])
+    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "edited", "max_steps": 5, "eval_every": 1,
+           "checkpoint_every": 2, "lr": 5e-2}
+    ref = finetune(make_tiny("llama")[0], cfg, tmp_path / "ref", track_edits=edit_dir, tokenizer=tok, progress=False)
+    assert ref["tracked_records"] == 2
+
+    def crash(step, row):
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        finetune(make_tiny("llama")[0], cfg, tmp_path / "run", track_edits=edit_dir, tokenizer=tok, progress=False,
+                 on_step=crash)
+    partial = json.loads((tmp_path / "run.partial" / "trajectory.json").read_text())
+    assert [p["step"] for p in partial] == [0, 1, 2, 3]
+    finetune(make_tiny("llama")[0], cfg, tmp_path / "run", track_edits=edit_dir, tokenizer=tok, progress=False)
+    got = json.loads((tmp_path / "run" / "trajectory.json").read_text())
+    want = json.loads((tmp_path / "ref" / "trajectory.json").read_text())
+    assert [p["step"] for p in got] == [0, 1, 2, 3, 4, 5]
+    assert got == want
