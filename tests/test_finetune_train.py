@@ -264,3 +264,14 @@ def test_tracked_run_resumes_with_the_same_trajectory(make_tiny, tmp_path, short
     want = json.loads((tmp_path / "ref" / "trajectory.json").read_text())
     assert [p["step"] for p in got] == [0, 1, 2, 3, 4, 5]
     assert got == want
+
+
+def test_run_where_every_response_is_cut_off_is_an_error(make_tiny, tmp_path):
+    """max_length inside every prompt means no token carries a loss: an error, not a silent no-op."""
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"prompt": "word " * 80, "response": "answer"}) + "\n")
+    model, tok = make_tiny("llama")
+    cfg = {**BASE, "data": str(path), "type": "lora", "max_length": 16, "max_steps": 2}
+    with pytest.raises(ConfigError, match="trained on nothing"):
+        finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -347,6 +347,11 @@ def train(
     finally:
         bar.close()
     model.eval()
+    if completed > start and loss_tokens == 0:
+        raise ConfigError(
+            f"fine-tuning trained on nothing: in all {completed} steps every example was cut inside its prompt at "
+            f"max_length={cfg.max_length}, so no response token carried a loss; raise max_length"
+        )
     losses = [r["loss"] for r in log if math.isfinite(r["loss"])]
     return TrainResult(steps=completed, tokens=tokens, loss_tokens=loss_tokens, train_seconds=train_seconds,
                        resumed_from=start, final_loss=losses[-1] if losses else None, log=log)
