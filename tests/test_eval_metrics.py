@@ -214,3 +214,21 @@ def test_evaluate_model_json_holds_edits_downstream_and_perplexity(make_tiny):
         evaluate_model((model, tok))
     with pytest.raises(DataError, match="--data zsre but record 'r1'"):
         evaluate_model((model, tok), data="zsre", records=[cf_record()])
+
+
+def test_cli_evaluate_downstream_only(make_tiny, tmp_path, capsys):
+    import json
+
+    from editdecay.cli import main
+
+    _tiny_folder(make_tiny, tmp_path / "model")
+    out = tmp_path / "ds.json"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--downstream", "boolq,obqa", "--limit", "2",
+                 "--out", str(out)]) == 0
+    ds = json.loads(out.read_text())["downstream"]
+    assert set(ds["tasks"]) == {"boolq", "openbookqa"} and ds["n"] == {"boolq": 2, "openbookqa": 2}
+    assert ds["mean"] == pytest.approx(sum(ds["tasks"].values()) / 2)
+    assert "mean" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--downstream", "hellaswag", "--out",
+                 str(out)]) == 1
+    assert "unknown commonsense task" in capsys.readouterr().err
