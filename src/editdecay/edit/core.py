@@ -539,27 +539,125 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, unit="req", leave=False)
 
 
+class _FullRunner:
+    """Per step: layers L+1.. over whole sequences, layers 0..L replayed from one cached pass."""
+
+    def __init__(self, model, adapter, b: _ZBatch, layer: int, pad_id: int):
+        self.model, self.adapter, self.layer = model, adapter, layer
+        device = _device(model)
+        self.ids = pad_right(b.ids, pad_id, device)
+        self.lens = torch.tensor([len(s) for s in b.ids], device=device)
+        captured: list[torch.Tensor] = []
+        handle = adapter.layer(model, layer).register_forward_hook(
+            lambda _m, _a, out: captured.append(_out_tensor(out).detach()))
+        try:
+            with torch.no_grad():
+                run_model(model, self.ids, stop_module=adapter.layer(model, layer))
+        finally:
+            handle.remove()
+        self.h = captured[0]  # [n_seq, T, d]
+        self.offset = torch.zeros(len(b.ids), dtype=torch.long, device=device)  # column of position 0
+
+    def forward(self, act_seq: torch.Tensor, lookup_cols: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+        width = int(self.lens[act_seq].max())
+        h = self.h[act_seq, :width]
+        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add, accumulate=True)
+        with start_at(self.model, self.adapter, self.layer + 1, lambda: edited):
+            return run_model(self.model, self.ids[act_seq, :width])
+
+
+class _CachedRunner:
+    """Per step: layers L+1.. over the positions from the subject's last token on only.
+
+    Positions before the subject's last token never see δ, so their keys/values at every layer are
+    computed once (left-padded prefix, as in batched generation) and handed to each step as a KV cache;
+    positions from the subject's last token on are replayed at layer L (+δ) and run through layers L+1...
+    """
+
+    def __init__(self, model, adapter, b: _ZBatch, layer: int, pad_id: int):
+        from transformers import DynamicCache
+
+        self.model, self.adapter, self.layer = model, adapter, layer
+        self._cache_cls = DynamicCache
+        device = _device(model)
+        n = len(b.ids)
+        pre = b.lookup
+        self.P = max(pre)
+        suf = [len(s) - p for s, p in zip(b.ids, pre, strict=True)]
+        S = max(suf)
+        self.prefix_mask = torch.zeros((n, self.P), dtype=torch.long, device=device)
+        prefix_ids = torch.full((n, self.P), pad_id, dtype=torch.long)
+        suffix_ids = torch.full((n, S), pad_id, dtype=torch.long)
+        self.suffix_mask = torch.zeros((n, S), dtype=torch.long, device=device)
+        for i, (seq, p) in enumerate(zip(b.ids, pre, strict=True)):
+            if p:
+                prefix_ids[i, self.P - p:] = torch.tensor(seq[:p])
+                self.prefix_mask[i, self.P - p:] = 1
+            suffix_ids[i, :len(seq) - p] = torch.tensor(seq[p:])
+            self.suffix_mask[i, :len(seq) - p] = 1
+        self.suffix_ids = suffix_ids.to(device)
+        self.suffix_pos = torch.tensor(pre, device=device)[:, None] + torch.arange(S, device=device)[None, :]
+        self.suffix_lens = torch.tensor(suf, device=device)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        base = _base(model)
+        with torch.no_grad():
+            cache = None
+            if self.P > 0:
+                cache = DynamicCache(config=model.config)
+                pos = (self.prefix_mask.cumsum(-1) - 1).clamp_min(0)
+                base(input_ids=prefix_ids.to(device), attention_mask=self.prefix_mask, position_ids=pos,
+                     cache=cache, use_cache=True)
+                self.kv = [(lay.keys, lay.values) for lay in cache.layers]
+            captured: list[torch.Tensor] = []
+            handle = adapter.layer(model, layer).register_forward_hook(
+                lambda _m, _a, out: captured.append(_out_tensor(out).detach()))
+            stop = adapter.layer(model, layer).register_forward_hook(_raise_stop)
+            try:
+                base(**self._inputs(torch.arange(n, device=device), S, cache))
+            except _StopForward:
+                pass
+            finally:
+                handle.remove()
+                stop.remove()
+        self.h = captured[0]  # [n_seq, S, d]: layer L output from the subject's last token on
+        self.offset = torch.tensor(pre, device=device)  # absolute column of suffix position 0
+
+    def _inputs(self, act_seq: torch.Tensor, width: int, cache) -> dict[str, Any]:
+        mask = self.suffix_mask[act_seq, :width]
+        if cache is not None:
+            mask = torch.cat([self.prefix_mask[act_seq], mask], dim=1)
+        return dict(input_ids=self.suffix_ids[act_seq, :width], attention_mask=mask,
+                    position_ids=self.suffix_pos[act_seq, :width], cache=cache, use_cache=cache is not None)
+
+    def _cache_for(self, act_seq: torch.Tensor):
+        if self.kv is None:
+            return None
+        cache = self._cache_cls(config=self.model.config)
+        for idx, (k, v) in enumerate(self.kv):
+            cache.update(k[act_seq], v[act_seq], idx)
+        return cache
+
+    def forward(self, act_seq: torch.Tensor, lookup_cols: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+        width = int(self.suffix_lens[act_seq].max())
+        h = self.h[act_seq, :width]
+        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add, accumulate=True)
+        with start_at(self.model, self.adapter, self.layer + 1, lambda: edited):
+            out = _base(self.model)(**self._inputs(act_seq, width, self._cache_for(act_seq)))
+        return out.last_hidden_state
+
+
 def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
     device = _device(model)
     b = _z_batch(enc, requests, templates)
     n_req, n_seq = len(requests), len(b.ids)
-    ids_all = pad_right(b.ids, _pad_id(tok), device)
+    runner_cls = _CachedRunner if getattr(hp, "z_prefix_cache", True) else _FullRunner
+    runner = runner_cls(model, adapter, b, layer, _pad_id(tok))
     lookup = torch.tensor(b.lookup, device=device)
     owner = torch.tensor(b.owner, device=device)
     is_kl = torch.tensor(b.is_kl, device=device)
     kl_seq = torch.nonzero(is_kl).flatten()  # one per request, in request order
     first_seq = torch.tensor([b.owner.index(r) for r in range(n_req)], device=device)  # bare template + target
-
-    # layers 0..L once, without gradients: their output is replayed at every step
-    captured: list[torch.Tensor] = []
-    handle = adapter.layer(model, layer).register_forward_hook(lambda _m, _a, out: captured.append(_out_tensor(out).detach()))
-    try:
-        with torch.no_grad():
-            run_model(model, ids_all, stop_module=adapter.layer(model, layer))
-    finally:
-        handle.remove()
-    h_layer = captured[0]  # [n_seq, T, d]
-    h_init = h_layer[first_seq, lookup[first_seq]].clone()  # [n_req, d]
+    h_init = runner.h[first_seq, lookup[first_seq] - runner.offset[first_seq]].clone()  # [n_req, d]
     h_norm = h_init.norm(dim=-1)
     max_norm = hp.clamp_norm_factor * h_norm
 
@@ -587,30 +685,23 @@ def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
             break
         seq_mask = active[owner]
         act_seq = torch.nonzero(seq_mask).flatten()
-        # local re-indexing of the active subset
         seq_local = torch.full((n_seq,), -1, dtype=torch.long, device=device)
         seq_local[act_seq] = torch.arange(act_seq.numel(), device=device)
-        d_act = delta[act_req].clone().requires_grad_(True)
         req_local = torch.full((n_req,), -1, dtype=torch.long, device=device)
         req_local[act_req] = torch.arange(act_req.numel(), device=device)
+        d_act = delta[act_req].clone().requires_grad_(True)
 
-        width = int(max(len(b.ids[i]) for i in act_seq.tolist()))
-        h_act = h_layer[act_seq, :width]
-        edited = h_act.index_put((torch.arange(act_seq.numel(), device=device), lookup[act_seq]),
-                                 d_act[req_local[owner[act_seq]]], accumulate=True)
-        with start_at(model, adapter, layer + 1, lambda: edited):
-            final = run_model(model, ids_all[act_seq, :width])
-        # rewriting NLL at target positions only
+        final = runner.forward(act_seq, lookup[act_seq] - runner.offset[act_seq], d_act[req_local[owner[act_seq]]])
+        # rewriting NLL at the target positions only
         tmask = seq_mask[tgt_rows]
-        rows_l = seq_local[tgt_rows[tmask]]
-        logits = _logits(model, adapter, final[rows_l, tgt_cols[tmask]])
+        rows_g = tgt_rows[tmask]
+        logits = _logits(model, adapter, final[seq_local[rows_g], tgt_cols[tmask] - runner.offset[rows_g]])
         logp = torch.log_softmax(logits, dim=-1).gather(1, tgt_ids[tmask, None])[:, 0]
         nll = torch.zeros(act_req.numel(), device=device).index_add(
             0, req_local[tgt_owner[tmask]], -logp * tgt_w[tmask])
-        # per-prompt probabilities for reporting: exp(-mean NLL of each prompt), averaged per request
         # KL on "{subject} is a" at the subject's last token
         kl_rows = kl_seq[act_req]
-        kl_logits = _logits(model, adapter, final[seq_local[kl_rows], lookup[kl_rows]])
+        kl_logits = _logits(model, adapter, final[seq_local[kl_rows], lookup[kl_rows] - runner.offset[kl_rows]])
         kl_logp = torch.log_softmax(kl_logits, dim=-1)
         if kl_init is None:
             kl_init = kl_logp.detach().clone()  # all requests are active at the first step
@@ -623,13 +714,12 @@ def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
                                  f"requests {_names(requests, bad)}; try a smaller v_lr or clamp_norm_factor")
         with torch.no_grad():
             final_loss[act_req] = loss.detach()
-            final_prob[act_req] = _mean_prompt_prob(logp.detach(), tgt_rows[tmask], b, act_req, n_per_req)
-        done = (loss.detach() < hp.v_early_stop_loss)
-        if it == hp.v_num_grad_steps - 1 or hp.v_num_grad_steps == 0:
+            final_prob[act_req] = _mean_prompt_prob(logp.detach(), rows_g, b, act_req, n_per_req)
+        done = loss.detach() < hp.v_early_stop_loss
+        if it >= hp.v_num_grad_steps - 1:
             break
         still = ~done
         if not still.any():
-            active[act_req] = False
             break
         loss[still].sum().backward()
         with torch.no_grad():
@@ -638,8 +728,8 @@ def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
             t = n_steps[upd] + 1
             m[upd] = beta1 * m[upd] + (1 - beta1) * g
             v[upd] = beta2 * v[upd] + (1 - beta2) * g * g
-            m_hat = m[upd] / (1 - beta1 ** t.float())[:, None]
-            v_hat = v[upd] / (1 - beta2 ** t.float())[:, None]
+            m_hat = m[upd] / (1 - beta1 ** t.double()).float()[:, None]
+            v_hat = v[upd] / (1 - beta2 ** t.double()).float()[:, None]
             new = delta[upd] - hp.v_lr * m_hat / (v_hat.sqrt() + eps)
             norms = new.norm(dim=-1)
             scale = torch.where(norms > max_norm[upd], max_norm[upd] / norms.clamp_min(1e-30), torch.ones_like(norms))

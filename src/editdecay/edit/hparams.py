@@ -9,8 +9,9 @@ Field names follow the MEMIT/AlphaEdit reference code (``v_lr``, ``clamp_norm_fa
 - ``v_loss_layer=None`` means the last layer (the papers always tie the loss to the last layer).
 - ``context_template_length_params`` is ``[[max_tokens, count], ...]``; MEMIT/AlphaEdit use one group of
   five 10-token generations (``[[10, 5]]``), ROME two groups (``[[5, 10], [10, 10]]``).
-- ``z_batch_size`` (requests optimised together) and ``max_condition`` (the solve's condition-number limit)
-  are engineering knobs of this implementation and do not change the algorithm.
+- ``z_batch_size`` (requests optimised together), ``z_prefix_cache`` (reuse the keys/values of the positions
+  before the subject's last token across steps) and ``max_condition`` (the solve's condition-number limit)
+  are engineering knobs of this implementation: they change speed, not the result (beyond float rounding).
 
 Defaults come from :data:`DEFAULTS`, keyed by ``(method, model key)``: the papers' values for GPT-2 XL,
 GPT-J and Llama-3-8B, and values found by the sweep in ``scripts/sweep_edit.py`` (see docs/editing.md) for
@@ -58,6 +59,7 @@ class EditHparams:
     mom2_update_weight: float = 15000.0
     # engineering knobs (no effect on the result beyond float rounding)
     z_batch_size: int = 16
+    z_prefix_cache: bool = True
     max_condition: float = 1e12
 
     # ------------------------------------------------------------------------------------------------
