@@ -55,9 +55,11 @@ TINY_PREFIX = "tiny:"
 # the edit hyperparameters that decide the second-moment statistics: one stats stage serves every edit
 # (MEMIT and AlphaEdit, any number of edits) that agrees on these
 STATS_KEYS = ("layers", "mom2_dataset", "mom2_n_tokens", "mom2_seq_len", "mom2_dtype")
-# rough single-core-pair seconds for SmolLM2-135M; scaled by parameter count for other models (plan estimates)
-COST = {"stage_overhead_s": 2.0, "base_s": 3.0, "tokens_per_s": 530.0, "train_tokens_per_s": 180.0, "edit_s_per_edit": 4.0,
-        "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
+# rough 2-core-CPU costs of SmolLM2-135M, scaled by parameter count for other models (plan estimates only).
+# edit_s_per_edit: MEMIT's 25-step target optimisation with 5 context templates (~300 CPU-s for 10 edits,
+# measured on configs/demo.yaml); train tokens/s: LoRA steps of batch 4 (forward + backward + optimiser)
+COST = {"stage_overhead_s": 2.0, "base_s": 3.0, "tokens_per_s": 530.0, "train_tokens_per_s": 60.0,
+        "edit_s_per_edit": 15.0, "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
 SMOLLM2_PARAMS = 135e6
 
 
@@ -598,7 +600,8 @@ def _estimate_work(spec: StageSpec, scale: float) -> float:
     if spec.kind == "finetune":
         ft = cfg["finetune"]
         steps = ft.get("max_steps") or 100
-        tokens = steps * ft.get("batch_size", 4) * ft.get("grad_accum", 1) * min(ft.get("max_length", 256), 160)
+        # commonsense/Alpaca examples average ~90 tokens, so most are shorter than max_length
+        tokens = steps * ft.get("batch_size", 4) * ft.get("grad_accum", 1) * min(ft.get("max_length", 256), 96)
         return scale * tokens / COST["train_tokens_per_s"]
     if spec.kind == "evaluate":
         down = cfg.get("downstream")
