@@ -152,11 +152,17 @@ def context_templates(model: nn.Module, tok: Any, length_params: Sequence[Sequen
                 ids = enc.prefix + list(tok(word, add_special_tokens=False)["input_ids"])
                 n_new = max(1, int(length) - (len(ids) - len(enc.prefix)))
                 input_ids = torch.tensor([ids], device=device)
-                out = model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True, top_k=5,
-                    top_p=1.0, temperature=1.0, num_beams=1, max_new_tokens=n_new, min_new_tokens=n_new,
-                    pad_token_id=pad_id, use_cache=True,
-                )
+                try:
+                    out = model.generate(
+                        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=True, top_k=5,
+                        top_p=1.0, temperature=1.0, num_beams=1, max_new_tokens=n_new, min_new_tokens=n_new,
+                        pad_token_id=pad_id, use_cache=True,
+                    )
+                except RuntimeError as exc:
+                    if "inf" in str(exc) or "nan" in str(exc):
+                        raise NumericalError(f"generating the context templates: the model's probabilities hold "
+                                             f"NaN/inf ({exc}); its weights may be corrupt") from None
+                    raise
                 text = tok.decode(out[0, len(enc.prefix):], skip_special_tokens=True)
                 text = text.replace("{", " ").replace("}", " ")
                 group.append(text + ". {}")
@@ -365,37 +371,40 @@ def subject_pass(
     entries: list[torch.Tensor] = []
     n_t = prompts.n_templates
     chunk = max(n_t, (chunk // n_t) * n_t)  # whole requests per chunk
-    for c, lo in enumerate(range(0, n, chunk)):
-        hi = min(n, lo + chunk)
-        ids = pad_right(prompts.ids[lo:hi], pad_id, device)
-        rows = torch.arange(hi - lo, device=device)
-        cols = torch.tensor(prompts.lookup[lo:hi], device=device)
-        bare = torch.tensor([i - lo for i in range(lo, hi) if i % n_t == 0], device=device)
-        handles = []
+    cur: dict[str, torch.Tensor] = {}  # the chunk being run: row/column indices the hooks read
 
-        def key_hook(layer: int):
-            def hook(_m, args, kwargs):
-                keys[layer].append(_hidden_arg(args, kwargs)[rows, cols].detach().float().cpu())
-            return hook
+    def key_hook(layer: int):
+        def hook(_m, args, kwargs):
+            keys[layer].append(_hidden_arg(args, kwargs)[cur["rows"], cur["cols"]].detach().float().cpu())
+        return hook
 
-        def z_hook(_m, _args, output):
-            z_parts.append(_out_tensor(output)[bare, cols[bare]].detach().float().cpu())
+    def z_hook(_m, _args, output):
+        z_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float().cpu())
 
-        def mod_hook(_m, _args, output):
-            mod_parts.append(_out_tensor(output)[bare, cols[bare]].detach().float().cpu())
+    def mod_hook(_m, _args, output):
+        mod_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float().cpu())
 
-        def entry_hook(_m, args, kwargs):
-            entries.append(_hidden_arg(args, kwargs).detach())
+    def entry_hook(_m, args, kwargs):
+        entries.append(_hidden_arg(args, kwargs).detach())
 
-        try:
-            for layer in key_layers:
-                handles.append(adapter.rewrite_module(model, layer).register_forward_pre_hook(key_hook(layer), with_kwargs=True))
-            if z_layer is not None:
-                handles.append(adapter.layer(model, z_layer).register_forward_hook(z_hook))
-            if module_out_layer is not None:
-                handles.append(adapter.rewrite_module(model, module_out_layer).register_forward_hook(mod_hook))
-            if entry_layer is not None:
-                handles.append(adapter.layer(model, entry_layer).register_forward_pre_hook(entry_hook, with_kwargs=True))
+    handles = []
+    try:
+        for layer in key_layers:
+            handles.append(adapter.rewrite_module(model, layer).register_forward_pre_hook(key_hook(layer),
+                                                                                          with_kwargs=True))
+        if z_layer is not None:
+            handles.append(adapter.layer(model, z_layer).register_forward_hook(z_hook))
+        if module_out_layer is not None:
+            handles.append(adapter.rewrite_module(model, module_out_layer).register_forward_hook(mod_hook))
+        if entry_layer is not None:
+            handles.append(adapter.layer(model, entry_layer).register_forward_pre_hook(entry_hook, with_kwargs=True))
+        for c, lo in enumerate(range(0, n, chunk)):
+            hi = min(n, lo + chunk)
+            ids = pad_right(prompts.ids[lo:hi], pad_id, device)
+            cur["rows"] = torch.arange(hi - lo, device=device)
+            cur["cols"] = torch.tensor(prompts.lookup[lo:hi], device=device)
+            cur["bare"] = torch.tensor([i - lo for i in range(lo, hi) if i % n_t == 0], device=device)
+            cur["bare_cols"] = cur["cols"][cur["bare"]]
             replay = None
             if start > 0:
                 if start_entry is None:
@@ -404,9 +413,9 @@ def subject_pass(
                 replay = lambda cached=cached: cached  # noqa: E731
             with start_at(model, adapter, start, replay), torch.no_grad():
                 run_model(model, ids, stop_module=adapter.layer(model, deepest))
-        finally:
-            for h in handles:
-                h.remove()
+    finally:
+        for h in handles:
+            h.remove()
     return _PassResult(
         keys={layer: torch.cat(v) for layer, v in keys.items()},
         z_out=torch.cat(z_parts) if z_parts else None,
@@ -863,7 +872,7 @@ def solve_checked(a: torch.Tensor, b: torch.Tensor, *, what: str, max_condition:
     return x
 
 
-def through_output_norm(norm: nn.Module, out: torch.Tensor, resid: torch.Tensor, iters: int = 6,
+def through_output_norm(norm: nn.Module, out: torch.Tensor, resid: torch.Tensor, iters: int = 20,
                         chunk: int = 64) -> torch.Tensor:
     """Δo with ``norm(out + Δo) - norm(out) ≈ resid`` (Gauss–Newton, minimum-norm steps).
 
@@ -883,15 +892,31 @@ def through_output_norm(norm: nn.Module, out: torch.Tensor, resid: torch.Tensor,
             r = resid[lo:lo + chunk].double()
             goal = f(o) + r
             step = torch.zeros_like(o)
+            err = r.norm(dim=-1)
+            eye = torch.eye(o.shape[-1], dtype=o.dtype, device=o.device)
             for _ in range(iters):
+                if (err <= 1e-6 * r.norm(dim=-1)).all():
+                    break
                 x = o + step
                 jac = vmap(jacrev(f))(x)  # [b, d, d]
                 res = goal - f(x)
                 jtj = jac.transpose(1, 2) @ jac
                 damp = 1e-8 * jtj.diagonal(dim1=1, dim2=2).mean(-1).clamp_min(1e-30)
-                eye = torch.eye(o.shape[-1], dtype=o.dtype, device=o.device)
                 rhs = (jac.transpose(1, 2) @ res[..., None])[..., 0]
-                step = step + torch.linalg.solve(jtj + damp[:, None, None] * eye, rhs[..., None])[..., 0]
+                direction = torch.linalg.solve(jtj + damp[:, None, None] * eye, rhs[..., None])[..., 0]
+                # backtracking: a row takes the largest of 1, 1/2, 1/4 ... that lowers its error, else stays
+                scale = torch.ones_like(err)
+                accepted = torch.zeros_like(err, dtype=torch.bool)
+                for _ in range(12):
+                    trial = step + scale[:, None] * direction
+                    trial_err = (goal - f(o + trial)).norm(dim=-1)
+                    better = (trial_err < err) & ~accepted
+                    step = torch.where(better[:, None], trial, step)
+                    err = torch.where(better, trial_err, err)
+                    accepted |= better
+                    if accepted.all():
+                        break
+                    scale = torch.where(accepted, scale, scale / 2)
             results.append(step.float())
     return torch.cat(results)
 
