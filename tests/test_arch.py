@@ -78,3 +78,15 @@ def test_projection_selection(make_tiny):
     assert adapter.projection_names("q_proj,down_proj") == ["self_attn.q_proj", "mlp.down_proj"]
     with pytest.raises(ModelError, match="unknown module selection"):
         adapter.projection_names("nonsense")
+
+
+def test_layer_list_parser():
+    from editdecay.errors import ConfigError
+    from editdecay.util.layers import parse_layer_list
+
+    assert parse_layer_list("4,5,6") == [4, 5, 6]
+    assert parse_layer_list("4-8") == [4, 5, 6, 7, 8]
+    assert parse_layer_list("9, 4-6,4") == [4, 5, 6, 9]
+    for bad in ("x", "6-4", "-1", "", "4-"):
+        with pytest.raises(ConfigError, match="--layers"):
+            parse_layer_list(bad)

@@ -14,6 +14,7 @@ from typing import Any
 
 from editdecay.errors import ConfigError
 from editdecay.util.io import stable_hash
+from editdecay.util.layers import parse_layer_list
 
 FT_TYPES = ("full", "lora", "dora")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -151,25 +152,7 @@ def parse_layers(spec: Any) -> str | list[int]:
         text = spec.strip().lower().replace("non_edited", "non-edited")
         if text in LAYER_WORDS:
             return text
-        out: list[int] = []
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if "-" in part:
-                    lo, hi = (int(x) for x in part.split("-", 1))
-                    if hi < lo:
-                        raise ValueError
-                    out.extend(range(lo, hi + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise ConfigError(
-                    f"fine-tuning setting 'layers' = {spec!r}: use all, edited, non-edited, or layer indices "
-                    "such as 4,5,6 or 4-8"
-                ) from None
-        spec = out
+        spec = parse_layer_list(text, what=f"fine-tuning setting 'layers' = {spec!r}")
     if isinstance(spec, (list, tuple)):
         if not spec or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in spec):
             raise ConfigError(f"fine-tuning setting 'layers' = {spec!r}: expected a non-empty list of layer indices >= 0")

@@ -23,28 +23,6 @@ import numpy as np
 from editdecay.errors import ConfigError, DataError, ModelError
 
 
-def parse_layer_list(text: str) -> list[int]:
-    """'4,5,6' or '4-6' (or a mix) -> sorted unique ints; a ConfigError names the bad part."""
-    out: set[int] = set()
-    for part in str(text).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise ConfigError(f"--layers: '{part}' is not a layer index or range (use e.g. 4,5,6 or 4-6)") from None
-    if not out:
-        raise ConfigError("--layers: no layer given")
-    return sorted(out)
-
-
 def read_edit_manifest(edit_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(edit_dir) / "manifest.json"
     if not path.exists():
