@@ -310,23 +310,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def parse_layers(text: str) -> list[int]:
-    """'4,5,6' or '4-8' or '4-6,9' -> [4, 5, 6] / [4, ..., 8] / [4, 5, 6, 9]."""
-    out: list[int] = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ConfigError(f"--layers: expected integers like 4,5,6 or 4-8, got {text!r}") from None
-    if not out:
-        raise ConfigError(f"--layers: no layers in {text!r}")
-    return out
+    """'4,5,6' or '4-8' or '4-6,9' -> [4, 5, 6] / [4, ..., 8] / [4, 5, 6, 9] (the project's one layer parser)."""
+    from editdecay.util.layers import parse_layer_list
+
+    return parse_layer_list(text, "--layers")
 
 
 def resolve_hparams(

@@ -1,0 +1,292 @@
+"""Hyperparameter sweep of MEMIT and AlphaEdit on SmolLM2-135M / CounterFact (rerunnable, resumable).
+
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py                      # the sweep (records 100..129)
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify             # chosen defaults, records 0..99
+    .venv/bin/python scripts/sweep_edit.py --table-only                    # rewrite the docs table
+
+The sweep edits records that the verification does not use (CounterFact-edit-1k records 100..129 by
+default), so the defaults are not tuned on the 100 records they are judged on. Every finished configuration is
+appended to ``<out>/results.jsonl``; a rerun skips what is there. Target values z depend only on the last
+edited layer and the z settings (v_lr, steps, clamp, kl, wd), so they are computed once per such group and
+reused (saved under ``<out>/targets``) for every λ / window start / AlphaEdit setting. Each configuration is
+applied to the unedited model, evaluated with ``editdecay.evaluate.api.evaluate_edits``, and undone by
+subtracting its deltas. The table goes into ``<out>/results.{csv,json}`` and between the sweep markers of
+docs/editing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# (name, settings): settings override the SmolLM2 defaults; "method" picks the rule
+BASE = dict(layers=[4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0, v_weight_decay=0.5,
+            kl_factor=0.0625, mom2_update_weight=150.0)
+
+
+def sweep_configs() -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+
+    def add(group: str, **kw):
+        cfg = dict(BASE, **kw)
+        out.append((group, cfg))
+
+    # 1. the published Llama-3 settings, then the target-value optimiser (v_lr, clamp) at layers 4-8
+    add("paper", v_lr=0.1, clamp_norm_factor=0.75, mom2_update_weight=15000.0)
+    add("paper", method="alphaedit", v_lr=0.1, clamp_norm_factor=0.75, mom2_update_weight=15000.0)
+    for v_lr, clamp in ((0.1, 0.75), (0.5, 0.75), (0.1, 4.0), (0.5, 4.0), (0.5, 2.0), (1.0, 4.0)):
+        add("z", v_lr=v_lr, clamp_norm_factor=clamp)
+    for steps in (10, 40):
+        add("steps", v_num_grad_steps=steps)
+    # 2. λ (MEMIT's preservation weight)
+    for lam in (15000.0, 1500.0, 500.0, 50.0, 15.0):
+        add("lambda", mom2_update_weight=lam)
+    # 3. layers: windows of 5 at different depths, and window sizes
+    for layers in ([2, 3, 4, 5, 6], [3, 4, 5, 6, 7], [6, 7, 8, 9, 10], [8, 9, 10, 11, 12], [4, 5, 6], [4, 5, 6, 7, 8, 9, 10]):
+        add("layers", layers=layers)
+    # 4. AlphaEdit: null-space threshold and α
+    for thr in (2e-2, 1e-2, 5e-3, 2e-3, 1e-3):
+        add("alphaedit", method="alphaedit", nullspace_threshold=thr, L2=10.0)
+    for alpha in (1.0, 100.0):
+        add("alphaedit", method="alphaedit", nullspace_threshold=1e-2, L2=alpha)
+    for thr, alpha in ((2e-2, 1.0), (5e-2, 10.0), (1e-2, 0.1), (2e-2, 0.1)):
+        add("alphaedit", method="alphaedit", nullspace_threshold=thr, L2=alpha)
+    return out
+
+
+GEMMA_BASE = dict(layers=[3, 4, 5, 6], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0, v_weight_decay=0.5,
+                  kl_factor=0.0625, mom2_update_weight=150.0)
+
+
+def gemma_configs() -> list[tuple[str, dict]]:
+    """A small sweep for Gemma-3-270M (18 layers): window depth, λ, and AlphaEdit at the chosen window."""
+    out = [("paper", dict(GEMMA_BASE, v_lr=0.1, clamp_norm_factor=0.75, mom2_update_weight=15000.0))]
+    for layers in ([2, 3, 4, 5], [3, 4, 5, 6], [5, 6, 7, 8], [8, 9, 10, 11]):
+        out.append(("layers", dict(GEMMA_BASE, layers=layers)))
+    for lam in (1500.0, 15.0):
+        out.append(("lambda", dict(GEMMA_BASE, mom2_update_weight=lam)))
+    for thr in (2e-2, 1e-3):
+        out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=thr, L2=10.0)))
+    return out
+
+
+def cfg_key(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+def z_key(cfg: dict) -> str:
+    return json.dumps({k: cfg[k] for k in ("v_lr", "v_num_grad_steps", "clamp_norm_factor", "v_weight_decay",
+                                           "kl_factor")} | {"layer": cfg["layers"][-1]}, sort_keys=True)
+
+
+def load_done(path: Path) -> dict[str, dict]:
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row
+    return done
+
+
+def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Path, label: str,
+        data: str = "counterfact", model_name: str = "smollm2-135m") -> list[dict]:
+    import torch
+
+    from editdecay.data.records import load_edit_records
+    from editdecay.edit import core
+    from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
+    from editdecay.edit.hparams import hparams_from_dict
+    from editdecay.edit.memit import MemitRule
+    from editdecay.edit.stats import StatsCache, second_moments
+    from editdecay.evaluate.api import evaluate_edits
+    from editdecay.models.arch import get_adapter
+    from editdecay.models.registry import load_model
+
+    torch.set_num_threads(int(os.environ.get("EDITDECAY_THREADS", "1")))
+    from editdecay.models.registry import editdecay_home
+
+    out.mkdir(parents=True, exist_ok=True)
+    z_dir = editdecay_home() / "sweep_edit_targets"  # reusable, not results: kept out of the repository
+    z_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = load_done(results_path)
+    model, tok = load_model(model_name)
+    adapter = get_adapter(model)
+    lo, hi = records_slice
+    records = load_edit_records(data, n=hi)[lo:hi]
+    requests = [core.Request.from_record(r) for r in records]
+    cache = StatsCache.default()
+
+    base_key = f"unedited|{model_name}|{data}|{lo}-{hi}" if model_name != "smollm2-135m" else f"unedited|{data}|{lo}-{hi}"
+    if base_key not in done:
+        t = time.perf_counter()
+        ev = evaluate_edits(model, tok, records)["summary"]
+        row = {"key": base_key, "label": label.replace("sweep", "base"), "group": "unedited", "method": "none", "config": {}, "summary": ev,
+               "seconds": {"eval": time.perf_counter() - t}}
+        with open(results_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        done[base_key] = row
+    templates = core.context_templates(model, tok, [[10, 5]], seed=0)
+    todo = [(g, c) for g, c in configs if f"{label}|{cfg_key(c)}" not in done]
+    print(f"[sweep] {len(configs) - len(todo)} done, {len(todo)} to run", file=sys.stderr)
+    # group by target-value settings so z is computed once per group
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for g, c in todo:
+        groups.setdefault(z_key(c), []).append((g, c))
+    for zk, items in groups.items():
+        first = items[0][1]
+        method0 = first.get("method", "memit")
+        hp0 = hparams_from_dict(method0, {k: v for k, v in first.items() if k != "method"})
+        z_file = z_dir / f"{label}-{hashlib.sha256(zk.encode()).hexdigest()[:16]}.pt"
+        t = time.perf_counter()
+        if z_file.exists():
+            saved = torch.load(z_file, weights_only=False)
+            targets, z_seconds = saved["targets"], saved["seconds"]
+        else:
+            targets = core.compute_targets(model, tok, adapter, requests, templates, hp0, progress=True)
+            z_seconds = time.perf_counter() - t
+            torch.save({"targets": targets, "seconds": z_seconds, "zkey": zk}, z_file)
+        print(f"[sweep] targets {zk}: {z_seconds:.0f}s, median prob "
+              f"{sorted(targets.prob)[len(targets.prob) // 2]:.3f}", file=sys.stderr)
+        for group, cfg in items:
+            method = cfg.get("method", "memit")
+            hp = hparams_from_dict(method, {k: v for k, v in cfg.items() if k != "method"})
+            t0 = time.perf_counter()
+            stats = second_moments(model, tok, adapter, hp.layers, n_tokens=hp.mom2_n_tokens, seq_len=hp.mom2_seq_len,
+                                   cache=cache, progress=True)
+            if method == "alphaedit":
+                state = AlphaEditState.from_stats({la: stats.cov[la] for la in hp.layers}, hp.nullspace_threshold)
+                rule = AlphaEditRule(state, hp.L2)
+            else:
+                rule = MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition)
+            t1 = time.perf_counter()
+            error = None
+            # restore by copying (not by subtracting the deltas: float rounding would change the weights' hash
+            # and make every later configuration recompute its statistics)
+            saved = {la: adapter.rewrite_weight(model, la).detach().clone() for la in hp.layers}
+            try:
+                deltas = core.apply_update(model, tok, adapter, requests, templates, hp, targets, rule)
+            except Exception as exc:  # noqa: BLE001 - a failing setting is a result too
+                deltas, error = None, f"{type(exc).__name__}: {exc}"
+            t2 = time.perf_counter()
+            summary = None
+            if deltas is not None:
+                summary = evaluate_edits(model, tok, records)["summary"]
+                with torch.no_grad():
+                    for la, w in saved.items():
+                        adapter.rewrite_weight(model, la).copy_(w)
+            t3 = time.perf_counter()
+            row = {"key": f"{label}|{cfg_key(cfg)}", "label": label, "group": group, "method": method, "config": cfg,
+                   "summary": summary, "error": error,
+                   "target_prob_median": sorted(targets.prob)[len(targets.prob) // 2],
+                   "ranks": state.ranks() if method == "alphaedit" else None,
+                   "seconds": {"targets": z_seconds, "stats": t1 - t0, "update": t2 - t1, "eval": t3 - t2}}
+            with open(results_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            s = summary or {}
+            print(f"[sweep] {group:9s} {method:9s} ES {s.get('efficacy', float('nan')):.3f} "
+                  f"PS {s.get('paraphrase', float('nan')):.3f} NS {s.get('neighborhood', float('nan')):.3f} "
+                  f"{json.dumps({k: v for k, v in cfg.items() if BASE.get(k) != v})} {error or ''}", file=sys.stderr)
+    return [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+
+
+def _fmt(x) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def write_table(out: Path, docs: Path) -> None:
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["| set | group | method | layers | v_lr | steps | clamp | λ | threshold | α | z prob | ES | PS | NS | "
+             "z s | update s |", "|" + "---|" * 16]
+    csv_rows = []
+    for row in rows:
+        cfg, s = row.get("config", {}), row.get("summary") or {}
+        sec = row.get("seconds", {})
+        vals = dict(set=row["label"], group=row["group"], method=row["method"],
+                    layers="-".join(str(x) for x in (cfg.get("layers") or [])[:1] + (cfg.get("layers") or [])[-1:]),
+                    v_lr=cfg.get("v_lr"), steps=cfg.get("v_num_grad_steps"), clamp=cfg.get("clamp_norm_factor"),
+                    lam=cfg.get("mom2_update_weight") if row["method"] == "memit" else None,
+                    threshold=cfg.get("nullspace_threshold"), alpha=cfg.get("L2"),
+                    z_prob=row.get("target_prob_median"), ES=s.get("efficacy"), PS=s.get("paraphrase"),
+                    NS=s.get("neighborhood"), z_seconds=sec.get("targets"), update_seconds=sec.get("update"),
+                    error=row.get("error"))
+        csv_rows.append(vals)
+        cells = [vals["set"], vals["group"], vals["method"], vals["layers"] or "—",
+                 *(("—" if vals[k] is None else f"{vals[k]:g}") for k in ("v_lr", "steps", "clamp", "lam", "threshold",
+                                                                          "alpha")),
+                 _fmt(vals["z_prob"]), _fmt(vals["ES"]), _fmt(vals["PS"]), _fmt(vals["NS"]),
+                 "—" if vals["z_seconds"] is None else f"{vals['z_seconds']:.0f}",
+                 "—" if vals["update_seconds"] is None else f"{vals['update_seconds']:.0f}"]
+        if vals["error"]:
+            cells[-4] = "error"
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(csv_rows[0]))
+        writer.writeheader()
+        writer.writerows(csv_rows)
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
+    table = "\n".join(lines)
+    begin, end = "<!-- sweep-table:begin -->", "<!-- sweep-table:end -->"
+    text = docs.read_text() if docs.exists() else f"{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    docs.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+    print(f"[sweep] table with {len(rows)} rows written to {docs}", file=sys.stderr)
+
+
+def verify_configs() -> list[tuple[str, dict]]:
+    from editdecay.edit.hparams import DEFAULTS
+
+    out = []
+    for method in ("memit", "alphaedit"):
+        d = dict(DEFAULTS[(method, "smollm2-135m")])
+        d.pop("mom2_n_tokens", None)
+        if method == "alphaedit":
+            d["method"] = "alphaedit"
+        else:
+            d.pop("nullspace_threshold", None)
+            d.pop("L2", None)
+        out.append(("defaults", d))
+    paper = dict(layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25, clamp_norm_factor=0.75, v_weight_decay=0.5,
+                 kl_factor=0.0625, mom2_update_weight=15000.0)
+    out.append(("paper", paper))
+    out.append(("paper", dict(paper, method="alphaedit", nullspace_threshold=2e-2, L2=10.0)))
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_edit"))
+    ap.add_argument("--docs", default=str(ROOT / "docs" / "editing.md"))
+    ap.add_argument("--records", default="100:130", help="record slice lo:hi of the data set (default 100:130)")
+    ap.add_argument("--data", default="counterfact")
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m (full sweep) or gemma3-270m (small sweep)")
+    ap.add_argument("--verify", action="store_true", help="run the chosen defaults (and the paper's) on records 0:100")
+    ap.add_argument("--only", help="comma-separated groups to run (default: all)")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.table_only:
+        if args.verify:
+            lo, hi = (0, 100) if args.records == "100:130" else map(int, args.records.split(":"))
+            run(verify_configs(), (lo, hi), out, label=f"verify-{args.data}-{lo}-{hi}", data=args.data)
+        else:
+            lo, hi = map(int, args.records.split(":"))
+            configs = gemma_configs() if args.model.startswith("gemma") else sweep_configs()
+            if args.only:
+                keep = set(args.only.split(","))
+                configs = [(g, c) for g, c in configs if g in keep]
+            prefix = "sweep" if args.model == "smollm2-135m" else f"sweep-{args.model}"
+            run(configs, (lo, hi), out, label=f"{prefix}-{args.data}-{lo}-{hi}", data=args.data, model_name=args.model)
+    write_table(out, Path(args.docs))
