@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from editdecay.edit.stats import (
@@ -13,6 +14,16 @@ from editdecay.edit.stats import (
     token_windows,
 )
 from editdecay.models.arch import get_adapter
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread (see test_edit_real.py: two waiting OpenMP threads were 5x slower on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 N_TOKENS = 1500
 

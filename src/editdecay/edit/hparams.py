@@ -167,7 +167,7 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
                                      mom2_update_weight=15000.0),
     # swept here
     ("memit", "smollm2-135m"): dict(_SMOLLM2),
-    ("alphaedit", "smollm2-135m"): dict(_SMOLLM2, nullspace_threshold=2e-2, L2=10.0),
+    ("alphaedit", "smollm2-135m"): dict(_SMOLLM2, nullspace_threshold=2e-2, L2=1.0),
     ("memit", "gemma3-270m"): dict(_GEMMA3_270M),
     ("alphaedit", "gemma3-270m"): dict(_GEMMA3_270M, nullspace_threshold=2e-2, L2=10.0),
     # anything else: small-model values, layers from generic_layers()
