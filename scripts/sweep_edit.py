@@ -75,6 +75,10 @@ def gemma_configs() -> list[tuple[str, dict]]:
         out.append(("lambda", dict(GEMMA_BASE, mom2_update_weight=lam)))
     for thr in (2e-2, 1e-3):
         out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=thr, L2=10.0)))
+    # the neighbourhood suffers at every λ: bound δ harder
+    for clamp in (1.0, 2.0):
+        out.append(("clamp", dict(GEMMA_BASE, clamp_norm_factor=clamp)))
+    out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=2e-2, L2=1.0)))
     return out
 
 
@@ -258,6 +262,9 @@ def verify_configs() -> list[tuple[str, dict]]:
             d.pop("nullspace_threshold", None)
             d.pop("L2", None)
         out.append(("defaults", d))
+    # the runner-up AlphaEdit setting of the sweep (better NS, worse PS there), for comparison
+    alt = dict(out[1][1], nullspace_threshold=1e-2)
+    out.append(("alt", alt))
     paper = dict(layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25, clamp_norm_factor=0.75, v_weight_decay=0.5,
                  kl_factor=0.0625, mom2_update_weight=15000.0)
     out.append(("paper", paper))
@@ -280,7 +287,10 @@ if __name__ == "__main__":
     if not args.table_only:
         if args.verify:
             lo, hi = (0, 100) if args.records == "100:130" else map(int, args.records.split(":"))
-            run(verify_configs(), (lo, hi), out, label=f"verify-{args.data}-{lo}-{hi}", data=args.data)
+            configs = verify_configs()
+            if args.only:
+                configs = [(g, c) for g, c in configs if g in set(args.only.split(","))]
+            run(configs, (lo, hi), out, label=f"verify-{args.data}-{lo}-{hi}", data=args.data)
         else:
             lo, hi = map(int, args.records.split(":"))
             configs = gemma_configs() if args.model.startswith("gemma") else sweep_configs()
