@@ -71,7 +71,7 @@ def gemma_configs() -> list[tuple[str, dict]]:
     out = [("paper", dict(GEMMA_BASE, v_lr=0.1, clamp_norm_factor=0.75, mom2_update_weight=15000.0))]
     for layers in ([2, 3, 4, 5], [3, 4, 5, 6], [5, 6, 7, 8], [8, 9, 10, 11]):
         out.append(("layers", dict(GEMMA_BASE, layers=layers)))
-    for lam in (1500.0, 15.0):
+    for lam in (1500.0, 15.0, 15000.0, 150000.0):
         out.append(("lambda", dict(GEMMA_BASE, mom2_update_weight=lam)))
     for thr in (2e-2, 1e-3):
         out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=thr, L2=10.0)))
@@ -79,7 +79,64 @@ def gemma_configs() -> list[tuple[str, dict]]:
     for clamp in (1.0, 2.0):
         out.append(("clamp", dict(GEMMA_BASE, clamp_norm_factor=clamp)))
     out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=2e-2, L2=1.0)))
+    for lam in (4000.0, 8000.0):
+        out.append(("lambda", dict(GEMMA_BASE, mom2_update_weight=lam)))
+    for thr in (1e-2, 5e-3):
+        out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=thr, L2=1.0)))
     return out
+
+
+CHUNK = 160  # requests per saved target-value chunk (a multiple of z_batch_size, so batches are the same)
+
+
+def chunked_targets(model, tok, adapter, requests, templates, hp, z_dir: Path, stem: str,
+                    shard: tuple[int, int] | None = None):
+    """Target values in chunks of :data:`CHUNK` requests, each saved (safetensors, atomically) as it finishes.
+
+    δ of each request is optimised independently (own Adam state, own early stop), so chunking changes
+    nothing. ``shard=(i, n)`` computes chunks i, i+n, ... and returns None: n processes share the work and a
+    final run without ``shard`` assembles the result. Returns (targets, seconds summed over chunks).
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from editdecay.edit import core
+
+    n_chunks = max(1, -(-len(requests) // CHUNK))
+    mine = set(range(n_chunks)) if shard is None else set(range(shard[0], n_chunks, shard[1]))
+    parts = []
+    for c in range(n_chunks):
+        path = z_dir / f"{stem}-{c:03d}of{n_chunks:03d}.safetensors"
+        meta_path = path.with_suffix(".json")
+        if path.exists() and meta_path.exists():
+            parts.append((load_file(str(path)), json.loads(meta_path.read_text())))
+            continue
+        if c not in mine:
+            parts.append(None)
+            continue
+        chunk = requests[c * CHUNK:(c + 1) * CHUNK]
+        print(f"[sweep] target values chunk {c + 1}/{n_chunks} ({len(chunk)} requests)", file=sys.stderr)
+        t = time.perf_counter()
+        res = core.compute_targets(model, tok, adapter, chunk, templates, hp, progress=True)
+        meta = {"seconds": time.perf_counter() - t, "layer": res.layer, "loss": res.loss, "prob": res.prob,
+                "steps": res.steps, "threads": torch.get_num_threads()}
+        tensors = {"z": res.z.contiguous(), "h_init": res.h_init.contiguous()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp))
+        os.replace(tmp, path)  # tensors first, then the metadata that marks the chunk complete
+        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_path)
+        parts.append((tensors, meta))
+    if shard is not None:
+        return None
+    missing = [c for c, part in enumerate(parts) if part is None]
+    if missing:
+        raise SystemExit(f"target-value chunks {missing} of {stem} are missing")
+    targets = core.Targets(torch.cat([p[0]["z"] for p in parts]), torch.cat([p[0]["h_init"] for p in parts]),
+                           parts[0][1]["layer"], sum((p[1]["loss"] for p in parts), []),
+                           sum((p[1]["prob"] for p in parts), []), sum((p[1]["steps"] for p in parts), []))
+    return targets, sum(p[1]["seconds"] for p in parts)
 
 
 def cfg_key(cfg: dict) -> str:
@@ -102,7 +159,8 @@ def load_done(path: Path) -> dict[str, dict]:
 
 
 def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Path, label: str,
-        data: str = "counterfact", model_name: str = "smollm2-135m") -> list[dict]:
+        data: str = "counterfact", model_name: str = "smollm2-135m",
+        shard: tuple[int, int] | None = None) -> list[dict]:
     import torch
 
     from editdecay.data.records import load_edit_records
@@ -131,7 +189,7 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
     cache = StatsCache.default()
 
     base_key = f"unedited|{model_name}|{data}|{lo}-{hi}" if model_name != "smollm2-135m" else f"unedited|{data}|{lo}-{hi}"
-    if base_key not in done:
+    if base_key not in done and shard is None:
         t = time.perf_counter()
         ev = evaluate_edits(model, tok, records)["summary"]
         row = {"key": base_key, "label": label.replace("sweep", "base"), "group": "unedited", "method": "none", "config": {}, "summary": ev,
@@ -150,15 +208,11 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
         first = items[0][1]
         method0 = first.get("method", "memit")
         hp0 = hparams_from_dict(method0, {k: v for k, v in first.items() if k != "method"})
-        z_file = z_dir / f"{label}-{hashlib.sha256(zk.encode()).hexdigest()[:16]}.pt"
-        t = time.perf_counter()
-        if z_file.exists():
-            saved = torch.load(z_file, weights_only=False)
-            targets, z_seconds = saved["targets"], saved["seconds"]
-        else:
-            targets = core.compute_targets(model, tok, adapter, requests, templates, hp0, progress=True)
-            z_seconds = time.perf_counter() - t
-            torch.save({"targets": targets, "seconds": z_seconds, "zkey": zk}, z_file)
+        stem = f"{label}-{model_name}-{hashlib.sha256(zk.encode()).hexdigest()[:16]}"
+        got = chunked_targets(model, tok, adapter, requests, templates, hp0, z_dir, stem, shard)
+        if got is None:  # shard mode: this process only computes its share of the chunks
+            continue
+        targets, z_seconds = got
         print(f"[sweep] targets {zk}: {z_seconds:.0f}s, median prob "
               f"{sorted(targets.prob)[len(targets.prob) // 2]:.3f}", file=sys.stderr)
         for group, cfg in items:
@@ -200,6 +254,8 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
             print(f"[sweep] {group:9s} {method:9s} ES {s.get('efficacy', float('nan')):.3f} "
                   f"PS {s.get('paraphrase', float('nan')):.3f} NS {s.get('neighborhood', float('nan')):.3f} "
                   f"{json.dumps({k: v for k, v in cfg.items() if BASE.get(k) != v})} {error or ''}", file=sys.stderr)
+    if shard is not None:
+        return []
     return [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
 
 
@@ -249,12 +305,12 @@ def write_table(out: Path, docs: Path) -> None:
     print(f"[sweep] table with {len(rows)} rows written to {docs}", file=sys.stderr)
 
 
-def verify_configs() -> list[tuple[str, dict]]:
+def verify_configs(model_name: str = "smollm2-135m") -> list[tuple[str, dict]]:
     from editdecay.edit.hparams import DEFAULTS
 
     out = []
     for method in ("memit", "alphaedit"):
-        d = dict(DEFAULTS[(method, "smollm2-135m")])
+        d = dict(DEFAULTS[(method, model_name)])
         d.pop("mom2_n_tokens", None)
         if method == "alphaedit":
             d["method"] = "alphaedit"
@@ -262,8 +318,8 @@ def verify_configs() -> list[tuple[str, dict]]:
             d.pop("nullspace_threshold", None)
             d.pop("L2", None)
         out.append(("defaults", d))
-    # the runner-up AlphaEdit setting of the sweep (better NS, worse PS there), for comparison
-    alt = dict(out[1][1], nullspace_threshold=1e-2)
+    # the runner-up AlphaEdit setting of the sweep (threshold 0.02: better PS, worse NS there), for comparison
+    alt = dict(out[1][1], nullspace_threshold=2e-2)
     out.append(("alt", alt))
     paper = dict(layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25, clamp_norm_factor=0.75, v_weight_decay=0.5,
                  kl_factor=0.0625, mom2_update_weight=15000.0)
@@ -282,15 +338,25 @@ if __name__ == "__main__":
     ap.add_argument("--verify", action="store_true", help="run the chosen defaults (and the paper's) on records 0:100")
     ap.add_argument("--only", help="comma-separated groups to run (default: all)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--z-shard", help="I/N: only compute target-value chunks I, I+N, ... (run N of these in "
+                    "parallel, then once without --z-shard to edit and evaluate)")
     args = ap.parse_args()
     out = Path(args.out)
+    shard = None
+    if args.z_shard:
+        i, n = map(int, args.z_shard.split("/"))
+        if not 0 <= i < n:
+            raise SystemExit(f"--z-shard {args.z_shard}: expected I/N with 0 <= I < N")
+        shard = (i, n)
     if not args.table_only:
         if args.verify:
             lo, hi = (0, 100) if args.records == "100:130" else map(int, args.records.split(":"))
-            configs = verify_configs()
+            configs = verify_configs(args.model)
             if args.only:
                 configs = [(g, c) for g, c in configs if g in set(args.only.split(","))]
-            run(configs, (lo, hi), out, label=f"verify-{args.data}-{lo}-{hi}", data=args.data)
+            prefix = "verify" if args.model == "smollm2-135m" else f"verify-{args.model}"
+            run(configs, (lo, hi), out, label=f"{prefix}-{args.data}-{lo}-{hi}", data=args.data,
+                model_name=args.model, shard=shard)
         else:
             lo, hi = map(int, args.records.split(":"))
             configs = gemma_configs() if args.model.startswith("gemma") else sweep_configs()
@@ -298,5 +364,7 @@ if __name__ == "__main__":
                 keep = set(args.only.split(","))
                 configs = [(g, c) for g, c in configs if g in keep]
             prefix = "sweep" if args.model == "smollm2-135m" else f"sweep-{args.model}"
-            run(configs, (lo, hi), out, label=f"{prefix}-{args.data}-{lo}-{hi}", data=args.data, model_name=args.model)
-    write_table(out, Path(args.docs))
+            run(configs, (lo, hi), out, label=f"{prefix}-{args.data}-{lo}-{hi}", data=args.data, model_name=args.model,
+                shard=shard)
+    if shard is None:
+        write_table(out, Path(args.docs))

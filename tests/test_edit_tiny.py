@@ -284,3 +284,52 @@ def test_hparams_defaults_overrides_and_errors(make_tiny):
         json.dump({"model_name": "x", "layers": [1, 2], "v_lr": 0.1, "mom2_update_weight": 7}, fh)
     got = resolve_hparams("memit", model, fh.name)
     assert (got.layers, got.v_lr, got.mom2_update_weight) == ([1, 2], 0.1, 7)
+
+
+def test_target_values_resume_from_checkpoint_after_interruption(make_tiny, tmp_path, monkeypatch):
+    """An edit interrupted after its first chunk resumes there: the finished chunk is loaded, not optimised
+    again, and the result equals an uninterrupted run; a changed model never reuses a stale chunk."""
+    model, tok = make_tiny("llama", n_layers=4)
+    _sharpen(model)
+    adapter = get_adapter(model)
+    hp = hparams_from_dict("memit", dict(FAST, z_batch_size=2))  # chunks: requests [0, 1] and [2]
+    requests = [core.Request.from_record(r) for r in RECORDS]
+    whole = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
+
+    real = core._optimise_chunk
+    calls: list[int] = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(len(args[4]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core, "_optimise_chunk", interrupted)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+    assert len(list(ckpt.glob("targets-*.safetensors"))) == 1 and not list(ckpt.glob("*.tmp*"))
+
+    calls.clear()
+    monkeypatch.setattr(core, "_optimise_chunk", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
+    resumed = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+    assert calls == [1]  # only the unfinished chunk (request 2) was optimised
+    torch.testing.assert_close(resumed.z, whole.z)
+    torch.testing.assert_close(resumed.h_init, whole.h_init)
+    assert resumed.steps == whole.steps and resumed.loss == pytest.approx(whole.loss)
+
+    calls.clear()
+    with torch.no_grad():
+        adapter.rewrite_weight(model, 0).add_(1e-3)  # a different model: nothing may be reused
+    core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+    assert calls == [2, 1]
+
+
+def test_edit_to_folder_removes_its_checkpoint(make_tiny, tmp_path):
+    model, tok = make_tiny("llama", n_layers=4)
+    out = tmp_path / "edited"
+    edit_to_folder("tiny", RECORDS[:2], out, hparams=dict(FAST, v_num_grad_steps=2), stats_cache=False,
+                   progress=False, model=model, tok=tok)
+    assert (out / "manifest.json").exists()
+    assert not (tmp_path / ".edited.checkpoint").exists()

@@ -13,6 +13,7 @@ tensor per edited weight, stored orientation, ``W_edited = W_base + delta``) and
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -100,6 +101,7 @@ def edit(
     *,
     overrides: dict[str, Any] | None = None,
     state: AlphaEditState | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> EditResult:
     """Write ``records`` into ``model`` IN PLACE with MEMIT or AlphaEdit and return the deltas.
 
@@ -107,7 +109,9 @@ def edit(
     (:func:`~editdecay.edit.hparams.default_hparams`); ``overrides`` last. ``stats_cache``: a
     :class:`StatsCache` (default: ``$EDITDECAY_HOME/stats``), or False for none. ``batch_size``: edit
     sequentially in batches of this many records (default: all in one batch); AlphaEdit remembers the keys
-    of earlier batches (pass ``state`` to continue a previous call's sequence).
+    of earlier batches (pass ``state`` to continue a previous call's sequence). ``checkpoint_dir``: keep
+    each finished chunk of target values there, so a rerun after an interruption resumes instead of
+    starting over (the slow part of a large edit; see :func:`core.compute_targets`).
     """
     t_start = time.perf_counter()
     records = _as_records(records)
@@ -163,7 +167,8 @@ def edit(
         batch = requests[lo:lo + size]
         n_batches += 1
         t = time.perf_counter()
-        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress)
+        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress,
+                                       checkpoint_dir=checkpoint_dir)
         timings["targets"] += time.perf_counter() - t
         if log:
             log(f"batch {n_batches}: target values for {len(batch)} requests in {time.perf_counter() - t:.1f}s, "
@@ -237,7 +242,11 @@ def edit_to_folder(
     model: nn.Module | None = None,
     tok: Any = None,
 ) -> EditResult:
-    """Load the model, edit it, and write ``out_dir`` (model folder + deltas + manifest) atomically."""
+    """Load the model, edit it, and write ``out_dir`` (model folder + deltas + manifest) atomically.
+
+    Finished target values are kept in ``.<out_dir name>.checkpoint`` beside ``out_dir`` until the folder
+    is written, so rerunning the same command after an interruption resumes the edit.
+    """
     from editdecay.models.registry import load_model, resolve_model
     from editdecay.util.env import library_versions
     from editdecay.util.io import atomic_dir, atomic_write_json
@@ -250,8 +259,10 @@ def edit_to_folder(
         model, tok = load_model(model_name_or_path)
     elif tok is None:
         raise ConfigError("pass tok together with model")
+    checkpoint_dir = out_dir.parent / f".{out_dir.name}.checkpoint"
     result = edit(model, tok, records, method=method, hparams=hparams, stats_cache=stats_cache,
-                  batch_size=batch_size, seed=seed, progress=progress, overrides=overrides)
+                  batch_size=batch_size, seed=seed, progress=progress, overrides=overrides,
+                  checkpoint_dir=checkpoint_dir)
     t = time.perf_counter()
     try:
         resolved = str(resolve_model(model_name_or_path))
@@ -285,4 +296,5 @@ def edit_to_folder(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result

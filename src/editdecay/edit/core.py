@@ -29,11 +29,15 @@ Numerical trouble (non-finite loss, keys or residuals, a singular or ill-conditi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -517,17 +521,35 @@ def compute_targets(
     *,
     layer: int | None = None,
     progress: bool = False,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> Targets:
-    """Optimise one δ per request at the output of ``layer`` (default: the last edited layer), batched."""
+    """Optimise one δ per request at the output of ``layer`` (default: the last edited layer), batched.
+
+    ``checkpoint_dir``: save each finished chunk there (safetensors, atomically) and load chunks found
+    there instead of optimising them again, so an interrupted long edit resumes where it stopped. A chunk's
+    file name hashes everything its result depends on (the model's weights and config, the templates, the
+    target-value settings, the layer and the chunk's requests), so a changed input never reuses a stale one.
+    """
     layer = hparams.layers[-1] if layer is None else layer
     enc = Encoder(tok)
     z_parts, h_parts, losses, probs, steps = [], [], [], [], []
     size = max(1, int(hparams.z_batch_size))
     bar = _bar(progress, len(requests), "target values")
+    base_key = _targets_key(model, templates, hparams, layer) if checkpoint_dir is not None else None
+    n_loaded = 0
     with frozen(model):
         for lo in range(0, len(requests), size):
             chunk = list(requests[lo:lo + size])
-            res = _optimise_chunk(model, tok, adapter, enc, chunk, templates, hparams, layer)
+            path = None
+            if checkpoint_dir is not None:
+                path = Path(checkpoint_dir) / f"targets-{_chunk_key(base_key, chunk)}.safetensors"
+            res = _load_chunk(path, len(chunk), layer) if path is not None else None
+            if res is not None:
+                n_loaded += len(chunk)
+            else:
+                res = _optimise_chunk(model, tok, adapter, enc, chunk, templates, hparams, layer)
+                if path is not None:
+                    _save_chunk(path, res)
             z_parts.append(res[0])
             h_parts.append(res[1])
             losses += res[2]
@@ -537,7 +559,64 @@ def compute_targets(
                 bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    if n_loaded and progress:
+        print(f"[editdecay edit] target values of {n_loaded} of {len(requests)} requests resumed from "
+              f"{checkpoint_dir}", file=sys.stderr)
     return Targets(torch.cat(z_parts), torch.cat(h_parts), layer, losses, probs, steps)
+
+
+_Z_FIELDS = ("v_lr", "v_num_grad_steps", "v_loss_layer", "v_weight_decay", "clamp_norm_factor", "kl_factor",
+             "v_early_stop_loss", "fact_token")
+
+
+def _targets_key(model: nn.Module, templates: Sequence[Sequence[str]], hparams: Any, layer: int) -> str:
+    """Hash of the model (config + every parameter), templates, target-value settings and layer."""
+    h = hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
+    for name, param in model.named_parameters():
+        t = param.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy().reshape(-1)))
+    h.update(json.dumps([[list(g) for g in templates], {f: getattr(hparams, f, None) for f in _Z_FIELDS}, layer],
+                        default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _chunk_key(base_key: str | None, chunk: Sequence[Request]) -> str:
+    h = hashlib.sha256((base_key or "").encode())
+    h.update(json.dumps([[r.case_id, r.subject, r.prompt, r.target] for r in chunk]).encode("utf-8"))
+    return h.hexdigest()[:24]
+
+
+def _save_chunk(path: Path, res: tuple) -> None:
+    from safetensors.torch import save
+
+    from editdecay.util.io import atomic_write_bytes
+
+    z, h_init, loss, prob, steps = res
+    meta = {"loss": json.dumps(loss), "prob": json.dumps(prob), "steps": json.dumps(steps)}
+    atomic_write_bytes(path, save({"z": z.contiguous(), "h_init": h_init.contiguous()}, metadata=meta))
+
+
+def _load_chunk(path: Path, n: int, layer: int) -> tuple | None:
+    """A saved chunk, or None if there is none; a damaged one is reported and optimised again."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            z, h_init = fh.get_tensor("z"), fh.get_tensor("h_init")
+        loss, prob, steps = (json.loads(meta[k]) for k in ("loss", "prob", "steps"))
+        if z.shape[0] != n or h_init.shape != z.shape or not (len(loss) == len(prob) == len(steps) == n):
+            raise ValueError(f"holds {z.shape[0]} requests, expected {n}")
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is recomputed, and said so
+        print(f"[editdecay edit] checkpoint {path} unusable ({exc}); optimising layer {layer} chunk again",
+              file=sys.stderr)
+        return None
+    return z, h_init, loss, prob, steps
 
 
 def _bar(progress: bool, total: int, desc: str):

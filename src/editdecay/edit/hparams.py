@@ -147,7 +147,7 @@ _ALPHA = dict(nullspace_threshold=2e-2, L2=10.0)
 _SMOLLM2 = dict(layers=[4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
                 v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=150.0, mom2_n_tokens=100_000)
 _GEMMA3_270M = dict(layers=[3, 4, 5, 6], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
-                    v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=150.0, mom2_n_tokens=100_000)
+                    v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=4000.0, mom2_n_tokens=100_000)
 _SMALL = dict(v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0, mom2_update_weight=150.0)
 
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -167,9 +167,9 @@ DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
                                      mom2_update_weight=15000.0),
     # swept here
     ("memit", "smollm2-135m"): dict(_SMOLLM2),
-    ("alphaedit", "smollm2-135m"): dict(_SMOLLM2, nullspace_threshold=2e-2, L2=1.0),
+    ("alphaedit", "smollm2-135m"): dict(_SMOLLM2, nullspace_threshold=1e-2, L2=1.0),
     ("memit", "gemma3-270m"): dict(_GEMMA3_270M),
-    ("alphaedit", "gemma3-270m"): dict(_GEMMA3_270M, nullspace_threshold=2e-2, L2=10.0),
+    ("alphaedit", "gemma3-270m"): dict(_GEMMA3_270M, nullspace_threshold=2e-2, L2=1.0),
     # anything else: small-model values, layers from generic_layers()
     ("memit", "generic"): dict(_SMALL),
     ("alphaedit", "generic"): dict(_SMALL, **_ALPHA),
