@@ -2,15 +2,23 @@
 
     nice -n 10 .venv/bin/python scripts/sweep_edit.py                      # the sweep (records 100..129)
     nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify             # chosen defaults, records 0..99
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --data zsre # the same on zsRE
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --model gemma3-270m
     .venv/bin/python scripts/sweep_edit.py --table-only                    # rewrite the docs table
+
+    # 1,000 edits in one batch; the target values shared by two processes, then edit + evaluate:
+    for i in 0 1; do EDITDECAY_THREADS=1 nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify \
+        --records 0:1000 --only defaults --z-shard $i/2 & done; wait
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --records 0:1000 --only defaults
 
 The sweep edits records that the verification does not use (CounterFact-edit-1k records 100..129 by
 default), so the defaults are not tuned on the 100 records they are judged on. Every finished configuration is
 appended to ``<out>/results.jsonl``; a rerun skips what is there. Target values z depend only on the last
 edited layer and the z settings (v_lr, steps, clamp, kl, wd), so they are computed once per such group and
-reused (saved under ``<out>/targets``) for every λ / window start / AlphaEdit setting. Each configuration is
-applied to the unedited model, evaluated with ``editdecay.evaluate.api.evaluate_edits``, and undone by
-subtracting its deltas. The table goes into ``<out>/results.{csv,json}`` and between the sweep markers of
+reused (kept by ``compute_targets``' checkpoint under ``$EDITDECAY_HOME/sweep_edit_targets``, so an
+interrupted sweep resumes) for every λ / window start / AlphaEdit setting. Each configuration is applied to
+the unedited model, evaluated with ``editdecay.evaluate.api.evaluate_edits``, and undone by restoring the
+saved weights. The table goes into ``<out>/results.{csv,json}`` and between the sweep markers of
 docs/editing.md.
 """
 
@@ -86,57 +94,42 @@ def gemma_configs() -> list[tuple[str, dict]]:
     return out
 
 
-CHUNK = 160  # requests per saved target-value chunk (a multiple of z_batch_size, so batches are the same)
+CHUNK = 160  # requests per slice (a multiple of z_batch_size, so the optimiser's batches are the same)
 
 
-def chunked_targets(model, tok, adapter, requests, templates, hp, z_dir: Path, stem: str,
+def sharded_targets(model, tok, adapter, requests, templates, hp, z_dir: Path, stem: str,
                     shard: tuple[int, int] | None = None):
-    """Target values in chunks of :data:`CHUNK` requests, each saved (safetensors, atomically) as it finishes.
+    """Target values in slices of :data:`CHUNK` requests, kept by ``compute_targets``' checkpoint in ``z_dir``.
 
-    δ of each request is optimised independently (own Adam state, own early stop), so chunking changes
-    nothing. ``shard=(i, n)`` computes chunks i, i+n, ... and returns None: n processes share the work and a
-    final run without ``shard`` assembles the result. Returns (targets, seconds summed over chunks).
+    δ of each request is optimised independently (own Adam state, own early stop), so slicing changes
+    nothing. ``shard=(i, n)`` computes slices i, i+n, ... and returns None: n processes share the work and a
+    final run without ``shard`` loads everything. Returns (targets, seconds summed over the slices' own runs).
     """
     import torch
-    from safetensors.torch import load_file, save_file
 
     from editdecay.edit import core
+    from editdecay.util.io import atomic_write_json
 
-    n_chunks = max(1, -(-len(requests) // CHUNK))
-    mine = set(range(n_chunks)) if shard is None else set(range(shard[0], n_chunks, shard[1]))
-    parts = []
-    for c in range(n_chunks):
-        path = z_dir / f"{stem}-{c:03d}of{n_chunks:03d}.safetensors"
-        meta_path = path.with_suffix(".json")
-        if path.exists() and meta_path.exists():
-            parts.append((load_file(str(path)), json.loads(meta_path.read_text())))
-            continue
-        if c not in mine:
-            parts.append(None)
-            continue
-        chunk = requests[c * CHUNK:(c + 1) * CHUNK]
-        print(f"[sweep] target values chunk {c + 1}/{n_chunks} ({len(chunk)} requests)", file=sys.stderr)
+    n_slices = max(1, -(-len(requests) // CHUNK))
+    mine = range(n_slices) if shard is None else range(shard[0], n_slices, shard[1])
+    parts, seconds = [], 0.0
+    for c in mine:
+        timing = z_dir / f"{stem}-{c:03d}of{n_slices:03d}.seconds.json"
+        if shard is None or not timing.exists():
+            print(f"[sweep] target values slice {c + 1}/{n_slices}", file=sys.stderr)
         t = time.perf_counter()
-        res = core.compute_targets(model, tok, adapter, chunk, templates, hp, progress=True)
-        meta = {"seconds": time.perf_counter() - t, "layer": res.layer, "loss": res.loss, "prob": res.prob,
-                "steps": res.steps, "threads": torch.get_num_threads()}
-        tensors = {"z": res.z.contiguous(), "h_init": res.h_init.contiguous()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, path)  # tensors first, then the metadata that marks the chunk complete
-        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-        tmp_meta.write_text(json.dumps(meta))
-        os.replace(tmp_meta, meta_path)
-        parts.append((tensors, meta))
+        got = core.compute_targets(model, tok, adapter, requests[c * CHUNK:(c + 1) * CHUNK], templates, hp,
+                                   progress=True, checkpoint_dir=z_dir)
+        if not timing.exists():  # the first run that computed this slice records how long it took
+            atomic_write_json(timing, {"seconds": time.perf_counter() - t, "threads": torch.get_num_threads()})
+        seconds += json.loads(timing.read_text())["seconds"]
+        parts.append(got)
     if shard is not None:
         return None
-    missing = [c for c, part in enumerate(parts) if part is None]
-    if missing:
-        raise SystemExit(f"target-value chunks {missing} of {stem} are missing")
-    targets = core.Targets(torch.cat([p[0]["z"] for p in parts]), torch.cat([p[0]["h_init"] for p in parts]),
-                           parts[0][1]["layer"], sum((p[1]["loss"] for p in parts), []),
-                           sum((p[1]["prob"] for p in parts), []), sum((p[1]["steps"] for p in parts), []))
-    return targets, sum(p[1]["seconds"] for p in parts)
+    targets = core.Targets(torch.cat([p.z for p in parts]), torch.cat([p.h_init for p in parts]), parts[0].layer,
+                           sum((p.loss for p in parts), []), sum((p.prob for p in parts), []),
+                           sum((p.steps for p in parts), []))
+    return targets, seconds
 
 
 def cfg_key(cfg: dict) -> str:
@@ -209,7 +202,7 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
         method0 = first.get("method", "memit")
         hp0 = hparams_from_dict(method0, {k: v for k, v in first.items() if k != "method"})
         stem = f"{label}-{model_name}-{hashlib.sha256(zk.encode()).hexdigest()[:16]}"
-        got = chunked_targets(model, tok, adapter, requests, templates, hp0, z_dir, stem, shard)
+        got = sharded_targets(model, tok, adapter, requests, templates, hp0, z_dir, stem, shard)
         if got is None:  # shard mode: this process only computes its share of the chunks
             continue
         targets, z_seconds = got
