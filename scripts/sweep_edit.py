@@ -314,8 +314,11 @@ def verify_configs(model_name: str = "smollm2-135m") -> list[tuple[str, dict]]:
     # the runner-up AlphaEdit setting of the sweep (threshold 0.02: better PS, worse NS there), for comparison
     alt = dict(out[1][1], nullspace_threshold=2e-2)
     out.append(("alt", alt))
-    # for a batch of 1,000: MEMIT with a 10x smaller λ, which leaves each of many edits more room
-    out.append(("large", dict(out[0][1], mom2_update_weight=out[0][1]["mom2_update_weight"] / 10)))
+    # MEMIT's λ, checked at scale (1,000 edits) and on the verification records
+    for lam in (15.0, 1500.0):
+        out.append(("lambda", dict(out[0][1], mom2_update_weight=lam)))
+    # the sweep's starting point (λ 150) on the verification records
+    out.append(("base", dict(GEMMA_BASE if model_name.startswith("gemma") else BASE)))
     paper = dict(layers=[4, 5, 6, 7, 8], v_lr=0.1, v_num_grad_steps=25, clamp_norm_factor=0.75, v_weight_decay=0.5,
                  kl_factor=0.0625, mom2_update_weight=15000.0)
     out.append(("paper", paper))

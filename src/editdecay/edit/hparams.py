@@ -145,9 +145,9 @@ _ALPHA = dict(nullspace_threshold=2e-2, L2=10.0)
 
 # Swept on SmolLM2-135M / CounterFact (scripts/sweep_edit.py; table and reasoning in docs/editing.md).
 _SMOLLM2 = dict(layers=[4, 5, 6, 7, 8], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
-                v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=150.0, mom2_n_tokens=100_000)
+                v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=1500.0, mom2_n_tokens=100_000)
 _GEMMA3_270M = dict(layers=[3, 4, 5, 6], v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0,
-                    v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=4000.0, mom2_n_tokens=100_000)
+                    v_weight_decay=0.5, kl_factor=0.0625, mom2_update_weight=1500.0, mom2_n_tokens=100_000)
 _SMALL = dict(v_lr=0.5, v_num_grad_steps=25, clamp_norm_factor=4.0, mom2_update_weight=150.0)
 
 DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
