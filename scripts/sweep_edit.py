@@ -257,6 +257,8 @@ def _fmt(x) -> str:
 
 
 def write_table(out: Path, docs: Path) -> None:
+    from editdecay.util.io import atomic_write_text
+
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     lines = ["| set | group | method | layers | v_lr | steps | clamp | λ | threshold | α | z prob | ES | PS | NS | "
              "z s | update s |", "|" + "---|" * 16]
@@ -289,13 +291,16 @@ def write_table(out: Path, docs: Path) -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     table = "\n".join(lines)
     begin, end = "<!-- sweep-table:begin -->", "<!-- sweep-table:end -->"
-    text = docs.read_text() if docs.exists() else f"{begin}\n{end}\n"
-    if begin not in text:
-        text += f"\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    docs.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
-    print(f"[sweep] table with {len(rows)} rows written to {docs}", file=sys.stderr)
+    for target in (docs, ROOT / "README.md"):  # the README holds the same table (folded) between the markers
+        text = target.read_text() if target.exists() else f"{begin}\n{end}\n"
+        if begin not in text:
+            if target != docs:
+                continue
+            text += f"\n{begin}\n{end}\n"
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        atomic_write_text(target, f"{head}{begin}\n{table}\n{end}{tail}")
+        print(f"[sweep] table with {len(rows)} rows written to {target}", file=sys.stderr)
 
 
 def verify_configs(model_name: str = "smollm2-135m") -> list[tuple[str, dict]]:
