@@ -49,3 +49,13 @@ def smollm2(smollm2_path):
     from editdecay.models.registry import load_model
 
     return load_model(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module, restored afterwards: on a shared 2-core machine two OpenMP
+    threads that wait for each other made an edit 5x slower (158 s vs 32 s) and a training step up to 9x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

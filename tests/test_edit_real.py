@@ -14,17 +14,9 @@ from editdecay.edit.api import apply_deltas, edit, edit_to_folder, load_deltas
 from editdecay.edit.stats import StatsCache
 from editdecay.evaluate.scoring import score_continuations
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]  # one thread: conftest.py
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for these tests: on a shared 2-core machine two OpenMP threads that wait for each
-    other were 5x slower than one (measured: 158 s vs 32 s for the same edit); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 N_EDITS = 4
 SMALL = {"mom2_n_tokens": 6000}  # enough for a usable C in a test; the defaults use 100k tokens

@@ -15,14 +15,7 @@ from editdecay.edit.stats import (
 )
 from editdecay.models.arch import get_adapter
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread (see test_edit_real.py: two waiting OpenMP threads were 5x slower on 2 shared cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
 
 N_TOKENS = 1500

@@ -12,17 +12,9 @@ from editdecay.data.records import load_edit_records
 from editdecay.finetune.data import TrainData, load_examples
 from editdecay.finetune.train import token_loss_sum
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]  # one thread: conftest.py
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a shared 2-core machine two OpenMP threads spin against other processes and a training
-    step runs up to ~9x slower (measured: 4 vs 38 tokens/s under load); restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _mean_loss(model, data: TrainData) -> float:

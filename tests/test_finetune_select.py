@@ -16,14 +16,7 @@ from editdecay.finetune.train import lr_at, token_loss_sum, total_steps, warmup_
 from editdecay.models.arch import get_adapter
 from editdecay.models.tiny import TINY_ARCHS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from two threads, which spin against other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
 
 # --- config ---------------------------------------------------------------------------------------------

@@ -17,14 +17,7 @@ from editdecay.models.arch import get_adapter
 BASE = {"batch_size": 2, "max_length": 64, "warmup_steps": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, busy CPU the OpenMP barriers of two
-    threads make each tiny matmul ~20x slower; restore the session's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
 
 @pytest.fixture(scope="module")
