@@ -571,13 +571,14 @@ _Z_FIELDS = ("v_lr", "v_num_grad_steps", "v_loss_layer", "v_weight_decay", "clam
 
 def _targets_key(model: nn.Module, templates: Sequence[Sequence[str]], hparams: Any, layer: int) -> str:
     """Hash of the model (config + every parameter), templates, target-value settings and layer."""
+    from editdecay.edit.stats import _tensor_bytes  # the statistics cache's hashing of tensors
+
     h = hashlib.sha256()
     config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
     h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
     for name, param in model.named_parameters():
-        t = param.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(memoryview(t.view(torch.uint8).numpy().reshape(-1)))
+        h.update(f"{name}:{param.dtype}:{tuple(param.shape)}".encode())
+        h.update(_tensor_bytes(param))
     h.update(json.dumps([[list(g) for g in templates], {f: getattr(hparams, f, None) for f in _Z_FIELDS}, layer],
                         default=str).encode("utf-8"))
     return h.hexdigest()
