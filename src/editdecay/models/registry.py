@@ -202,17 +202,24 @@ def _hub_offline() -> bool:
 
 def load_model(
     name_or_path: str | os.PathLike,
+    *,
+    device: Any = None,
     dtype: Any = None,
-    device: str | None = None,
     trust_remote_code: bool = False,
     home: Path | None = None,
 ):
-    """Load (model, tokenizer) from a registered name, a local folder or a hub id; safetensors weights only."""
-    import torch
+    """Load (model, tokenizer) from a registered name, a local folder or a hub id; safetensors weights only.
+
+    ``device``: None -> CUDA when present, else CPU; ``dtype``: float32 (default), bfloat16 or float16, by
+    name or torch dtype (see :mod:`editdecay.models.device`). The weights are read in ``dtype`` directly.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from editdecay.models.device import resolve_device, resolve_dtype
+
     source = resolve_model(name_or_path, home)
-    dtype = dtype or torch.float32
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if isinstance(source, str):
         kwargs["local_files_only"] = _hub_offline()  # offline: fail at once instead of retrying the network
@@ -231,6 +238,6 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    if device:
+    if device.type != "cpu":
         model.to(device)
     return model, tokenizer

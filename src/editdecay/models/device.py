@@ -1,0 +1,149 @@
+"""Where a model runs and in what precision: the one place that turns ``--device``/``--dtype``/``--threads`` into torch.
+
+Defaults: the device is CUDA when present, else the CPU (``$EDITDECAY_DEVICE`` overrides the default, so
+``editdecay run --device`` reaches every stage it runs in this process or its local workers); the dtype is
+float32 (the published numbers are float32; bfloat16 halves weight memory at a small cost in precision);
+on the CPU torch uses every core this process may run on, unless ``--threads`` or ``$OMP_NUM_THREADS`` says
+otherwise. Editing maths (keys, z, second moments, solves) stays float32/float64 whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from editdecay.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float16")
+_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+DEVICE_ENV = "EDITDECAY_DEVICE"
+
+
+def default_device() -> str:
+    """``$EDITDECAY_DEVICE`` if set, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    env = os.environ.get(DEVICE_ENV, "").strip()
+    if env:
+        return env
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: Any = None, *, flag: str = "--device") -> Any:
+    """A ``torch.device`` for ``device`` (None -> :func:`default_device`); refuses ones this machine lacks.
+
+    ``flag`` names the setting in error messages (``--device``, or a grid key such as ``device``).
+    """
+    import torch
+
+    if device is None or (isinstance(device, str) and device.strip() in ("", "auto")):
+        device = default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{flag} {device!r}: not a torch device (use cpu, cuda, cuda:N or mps): {exc}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{flag} {device!r}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"{flag} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"{flag} {device!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"{flag} {device!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N or mps)")
+    return dev
+
+
+def resolve_dtype(dtype: Any = None, *, flag: str = "--dtype") -> Any:
+    """A floating ``torch.dtype`` from a name (float32, bfloat16, float16, or bf16/fp16/fp32) or a dtype.
+
+    None -> float32. ``flag`` names the setting in error messages.
+    """
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).replace("torch.", "")
+    elif isinstance(dtype, str):
+        name = _ALIASES.get(dtype.strip().lower(), dtype.strip().lower().replace("torch.", ""))
+    else:
+        raise ConfigError(f"{flag} {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if name not in DTYPES:
+        raise ConfigError(f"{flag} {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def dtype_name(dtype: Any) -> str:
+    """'float32' / 'bfloat16' / 'float16' for manifests and JSON."""
+    return str(resolve_dtype(dtype)).replace("torch.", "")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None = None, *, flag: str = "--threads") -> int:
+    """Set torch's intra-op CPU threads and return the count.
+
+    ``threads`` wins; else ``$OMP_NUM_THREADS`` (a scheduler or a shared machine asked for it); else every
+    available core.
+    """
+    import torch
+
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"{flag} {threads!r}: must be an integer >= 1")
+        n = threads
+    else:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        n = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def model_dtype(model: Any) -> Any:
+    """The dtype of a model's floating weights (the first floating parameter)."""
+    import torch
+
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: Any) -> Any:
+    import torch
+
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def add_device_args(parser: Any, *, what: str = "the model") -> None:
+    """``--device``, ``--dtype`` and ``--threads`` on a command's parser (one wording for every command)."""
+    parser.add_argument("--device", help=f"torch device for {what}: cpu, cuda, cuda:N (default: cuda when present, "
+                        f"else cpu; ${DEVICE_ENV} overrides the default)")
+    parser.add_argument("--dtype", type=str.lower, choices=DTYPES + tuple(_ALIASES), default=None,
+                        help=f"weights' dtype for {what} (default float32); editing maths stays float32/float64")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: every available core, or $OMP_NUM_THREADS)")
+
+
+def apply_device_args(args: Any) -> tuple[Any, Any]:
+    """(device, dtype) from a namespace with :func:`add_device_args` flags, threads configured on the CPU."""
+    device = resolve_device(getattr(args, "device", None))
+    dtype = resolve_dtype(getattr(args, "dtype", None))
+    configure_threads(getattr(args, "threads", None))
+    return device, dtype
+
+
+__all__ = ["DTYPES", "default_device", "resolve_device", "resolve_dtype", "dtype_name", "configure_threads",
+           "available_cores", "model_dtype", "model_device", "add_device_args", "apply_device_args"]
