@@ -57,9 +57,14 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from editdecay.edit.hparams import parse_layers, parse_override, resolve_hparams
+    from editdecay.edit.hparams import parse_layers, resolve_hparams
+    from editdecay.util.overrides import parse_overrides
 
-    overrides = dict(parse_override(item) for item in args.overrides)
+    overrides = parse_overrides(args.overrides)
+    if isinstance(overrides.get("layers"), str):  # --set layers=4-8, as --layers
+        overrides["layers"] = parse_layers(overrides["layers"])
+    elif isinstance(overrides.get("layers"), int) and not isinstance(overrides["layers"], bool):
+        overrides["layers"] = [overrides["layers"]]
     if args.layers:
         overrides["layers"] = parse_layers(args.layers)
     if args.print_hparams:

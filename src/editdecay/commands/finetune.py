@@ -39,8 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """Flags + --set pairs -> a FinetuneConfig dict (unknown --set keys are rejected by FinetuneConfig)."""
-    from editdecay.errors import ConfigError
-    from editdecay.finetune.config import parse_set_value
+    from editdecay.util.overrides import parse_overrides
 
     cfg: dict = {"type": args.type, "layers": args.layers, "modules": args.modules, "data": args.data}
     for flag, key in (("max_steps", "max_steps"), ("epochs", "epochs"), ("eval_every", "eval_every"),
@@ -48,11 +47,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, flag)
         if value is not None:
             cfg[key] = value
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        key, value = item.split("=", 1)
-        cfg[key.strip().replace("-", "_")] = parse_set_value(value.strip())
+    cfg.update(parse_overrides(args.set))
     return cfg
 
 

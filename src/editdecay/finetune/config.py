@@ -158,18 +158,3 @@ def parse_layers(spec: Any) -> str | list[int]:
             raise ConfigError(f"fine-tuning setting 'layers' = {spec!r}: expected a non-empty list of layer indices >= 0")
         return sorted(set(spec))
     raise ConfigError(f"fine-tuning setting 'layers' = {spec!r}: use all, edited, non-edited or a list of indices")
-
-
-def parse_set_value(text: str) -> Any:
-    """A ``--set key=value`` value: YAML scalars/lists (numbers, true/null, [1, 2]) else the raw string."""
-    import yaml
-
-    for cast in (int, float):  # PyYAML reads "5e-6" as a string, so numbers are tried first
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
