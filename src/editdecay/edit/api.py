@@ -31,6 +31,7 @@ from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
 from editdecay.edit.hparams import EditHparams, resolve_hparams
 from editdecay.edit.memit import MemitRule
 from editdecay.edit.stats import StatsCache, second_moments
+from editdecay.edit.targets_cache import TargetCache, as_cache
 from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.models.arch import get_adapter
 
@@ -102,6 +103,7 @@ def edit(
     overrides: dict[str, Any] | None = None,
     state: AlphaEditState | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
+    targets_cache: TargetCache | str | os.PathLike | bool | None = None,
 ) -> EditResult:
     """Write ``records`` into ``model`` IN PLACE with MEMIT or AlphaEdit and return the deltas.
 
@@ -109,9 +111,12 @@ def edit(
     (:func:`~editdecay.edit.hparams.default_hparams`); ``overrides`` last. ``stats_cache``: a
     :class:`StatsCache` (default: ``$EDITDECAY_HOME/stats``), or False for none. ``batch_size``: edit
     sequentially in batches of this many records (default: all in one batch); AlphaEdit remembers the keys
-    of earlier batches (pass ``state`` to continue a previous call's sequence). ``checkpoint_dir``: keep
-    each finished chunk of target values there, so a rerun after an interruption resumes instead of
-    starting over (the slow part of a large edit; see :func:`core.compute_targets`).
+    of earlier batches (pass ``state`` to continue a previous call's sequence). ``targets_cache``: where
+    each request's target value z is kept (a :class:`TargetCache` or folder; default ``$EDITDECAY_HOME/targets``;
+    False for none): z depends on the model, the request and the z settings but not on the method, so MEMIT and
+    AlphaEdit on the same records optimise it once, and a rerun after an interruption resumes instead of
+    starting over (the slow part of a large edit; see :func:`core.compute_targets`). ``checkpoint_dir``: a
+    target-value folder used instead, when ``targets_cache`` is False.
     """
     t_start = time.perf_counter()
     records = _as_records(records)
@@ -125,6 +130,9 @@ def edit(
     elif stats_cache is False:
         stats_cache = None
     requests = [core.Request.from_record(r) for r in records]
+    z_cache = as_cache(targets_cache)
+    if z_cache is None and checkpoint_dir is not None:
+        z_cache = TargetCache(Path(checkpoint_dir))
     log = (lambda msg: print(f"[editdecay edit] {msg}", file=sys.stderr)) if progress else None
     timings: dict[str, float] = {}
 
@@ -167,8 +175,7 @@ def edit(
         batch = requests[lo:lo + size]
         n_batches += 1
         t = time.perf_counter()
-        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress,
-                                       checkpoint_dir=checkpoint_dir)
+        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress, cache=z_cache)
         timings["targets"] += time.perf_counter() - t
         if log:
             log(f"batch {n_batches}: target values for {len(batch)} requests in {time.perf_counter() - t:.1f}s, "
@@ -241,11 +248,15 @@ def edit_to_folder(
     records_source: str | None = None,
     model: nn.Module | None = None,
     tok: Any = None,
+    targets_cache: TargetCache | str | os.PathLike | bool | None = None,
+    deltas_only: bool = False,
 ) -> EditResult:
     """Load the model, edit it, and write ``out_dir`` (model folder + deltas + manifest) atomically.
 
-    Finished target values are kept in ``.<out_dir name>.checkpoint`` beside ``out_dir`` until the folder
-    is written, so rerunning the same command after an interruption resumes the edit.
+    ``deltas_only``: write only the deltas and the manifest (a few MB instead of a model copy); every command
+    that takes a model folder loads such a folder as base + deltas. Finished target values are kept in the
+    target-value cache (``targets_cache``; with False, in ``.<out_dir name>.checkpoint`` beside ``out_dir``
+    until the folder is written), so rerunning the same command after an interruption resumes the edit.
     """
     from editdecay.models.registry import load_model, resolve_model
     from editdecay.util.env import library_versions
@@ -262,21 +273,23 @@ def edit_to_folder(
     checkpoint_dir = out_dir.parent / f".{out_dir.name}.checkpoint"
     result = edit(model, tok, records, method=method, hparams=hparams, stats_cache=stats_cache,
                   batch_size=batch_size, seed=seed, progress=progress, overrides=overrides,
-                  checkpoint_dir=checkpoint_dir)
+                  checkpoint_dir=checkpoint_dir, targets_cache=targets_cache)
     t = time.perf_counter()
     try:
         resolved = str(resolve_model(model_name_or_path))
     except Exception:  # noqa: BLE001 - a hub id or a model passed in: record the name as given
         resolved = str(model_name_or_path)
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        if not deltas_only:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
         save_deltas(tmp / DELTAS_FILE, result.deltas)
         if result.state is not None:
             result.state.save(tmp / "alphaedit_state.safetensors")
         result.timings["save"] = time.perf_counter() - t
         manifest = {
             "stage": "edit",
+            "form": "deltas" if deltas_only else "full",
             "method": result.method,
             "base_model": str(model_name_or_path),
             "base_model_path": resolved,

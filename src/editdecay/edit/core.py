@@ -379,14 +379,14 @@ def subject_pass(
 
     def key_hook(layer: int):
         def hook(_m, args, kwargs):
-            keys[layer].append(_hidden_arg(args, kwargs)[cur["rows"], cur["cols"]].detach().float().cpu())
+            keys[layer].append(_hidden_arg(args, kwargs)[cur["rows"], cur["cols"]].detach().float())
         return hook
 
     def z_hook(_m, _args, output):
-        z_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float().cpu())
+        z_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float())
 
     def mod_hook(_m, _args, output):
-        mod_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float().cpu())
+        mod_parts.append(_out_tensor(output)[cur["bare"], cur["bare_cols"]].detach().float())
 
     def entry_hook(_m, args, kwargs):
         entries.append(_hidden_arg(args, kwargs).detach())
@@ -522,110 +522,69 @@ def compute_targets(
     layer: int | None = None,
     progress: bool = False,
     checkpoint_dir: str | os.PathLike | None = None,
+    cache: Any = None,
 ) -> Targets:
     """Optimise one δ per request at the output of ``layer`` (default: the last edited layer), batched.
 
-    ``checkpoint_dir``: save each finished chunk there (safetensors, atomically) and load chunks found
-    there instead of optimising them again, so an interrupted long edit resumes where it stopped. A chunk's
-    file name hashes everything its result depends on (the model's weights and config, the templates, the
-    target-value settings, the layer and the chunk's requests), so a changed input never reuses a stale one.
+    ``cache`` (a :class:`~editdecay.edit.targets_cache.TargetCache`; ``checkpoint_dir`` is a cache in that
+    folder): each request's finished z is saved there (atomically) as soon as its chunk is done, and requests
+    found there are not optimised again — so an interrupted long edit resumes where it stopped, MEMIT and
+    AlphaEdit share one optimisation, and a larger edit set reuses the z of the requests it shares with a
+    smaller one. A key hashes everything z depends on (the model's weights and config, the templates, the
+    target-value settings, the layer and the request), so a changed input never reuses a stale value.
     """
+    from editdecay.edit.targets_cache import TargetCache, TargetRow, model_key, request_key
+
     layer = hparams.layers[-1] if layer is None else layer
+    if cache is None and checkpoint_dir is not None:
+        cache = TargetCache(Path(checkpoint_dir))
     enc = Encoder(tok)
-    z_parts, h_parts, losses, probs, steps = [], [], [], [], []
+    n = len(requests)
+    rows: list[TargetRow | None] = [None] * n
+    keys: list[str] = []
+    if cache is not None:
+        base_key = model_key(model, templates, hparams, layer)
+        keys = [request_key(base_key, r) for r in requests]
+        rows = [cache.load(k, layer) for k in keys]
+    todo = [i for i in range(n) if rows[i] is None]
     size = max(1, int(hparams.z_batch_size))
-    bar = _bar(progress, len(requests), "target values")
-    base_key = _targets_key(model, templates, hparams, layer) if checkpoint_dir is not None else None
-    n_loaded = 0
+    n_chunks = -(-len(todo) // size)
+    bar = _bar(progress, n_chunks * max(1, hparams.v_num_grad_steps), "target values", unit="step")
+    probs_done: list[float] = [row.prob for row in rows if row is not None]
     with frozen(model):
-        for lo in range(0, len(requests), size):
-            chunk = list(requests[lo:lo + size])
-            path = None
-            if checkpoint_dir is not None:
-                path = Path(checkpoint_dir) / f"targets-{_chunk_key(base_key, chunk)}.safetensors"
-            res = _load_chunk(path, len(chunk), layer) if path is not None else None
-            if res is not None:
-                n_loaded += len(chunk)
-            else:
-                res = _optimise_chunk(model, tok, adapter, enc, chunk, templates, hparams, layer)
-                if path is not None:
-                    _save_chunk(path, res)
-            z_parts.append(res[0])
-            h_parts.append(res[1])
-            losses += res[2]
-            probs += res[3]
-            steps += res[4]
+        for c, lo in enumerate(range(0, len(todo), size)):
+            idx = todo[lo:lo + size]
+            chunk = [requests[i] for i in idx]
+            on_step = None
             if bar is not None:
-                bar.update(len(chunk))
+                def on_step(it: int, prob: torch.Tensor, c: int = c) -> None:
+                    bar.n = c * max(1, hparams.v_num_grad_steps) + it + 1
+                    med = float(torch.cat([torch.tensor(probs_done), prob.cpu()]).median()) if n else 0.0
+                    bar.set_postfix_str(f"requests {lo}/{len(todo)}, median target prob {med:.3f}", refresh=False)
+                    bar.refresh()
+            res = _optimise_chunk(model, tok, adapter, enc, chunk, templates, hparams, layer, on_step=on_step)
+            for j, i in enumerate(idx):
+                rows[i] = TargetRow(res[0][j], res[1][j], res[2][j], res[3][j], res[4][j])
+                if cache is not None:
+                    cache.save(keys[i], rows[i])
+            probs_done += res[3]
     if bar is not None:
+        bar.n = bar.total
         bar.close()
-    if n_loaded and progress:
-        print(f"[editdecay edit] target values of {n_loaded} of {len(requests)} requests resumed from "
-              f"{checkpoint_dir}", file=sys.stderr)
-    return Targets(torch.cat(z_parts), torch.cat(h_parts), layer, losses, probs, steps)
-
-
-_Z_FIELDS = ("v_lr", "v_num_grad_steps", "v_loss_layer", "v_weight_decay", "clamp_norm_factor", "kl_factor",
-             "v_early_stop_loss", "fact_token")
-
-
-def _targets_key(model: nn.Module, templates: Sequence[Sequence[str]], hparams: Any, layer: int) -> str:
-    """Hash of the model (config + every parameter), templates, target-value settings and layer."""
-    from editdecay.edit.stats import _tensor_bytes  # the statistics cache's hashing of tensors
-
-    h = hashlib.sha256()
-    config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-    h.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
-    for name, param in model.named_parameters():
-        h.update(f"{name}:{param.dtype}:{tuple(param.shape)}".encode())
-        h.update(_tensor_bytes(param))
-    h.update(json.dumps([[list(g) for g in templates], {f: getattr(hparams, f, None) for f in _Z_FIELDS}, layer],
-                        default=str).encode("utf-8"))
-    return h.hexdigest()
-
-
-def _chunk_key(base_key: str | None, chunk: Sequence[Request]) -> str:
-    h = hashlib.sha256((base_key or "").encode())
-    h.update(json.dumps([[r.case_id, r.subject, r.prompt, r.target] for r in chunk]).encode("utf-8"))
-    return h.hexdigest()[:24]
-
-
-def _save_chunk(path: Path, res: tuple) -> None:
-    from safetensors.torch import save
-
-    from editdecay.util.io import atomic_write_bytes
-
-    z, h_init, loss, prob, steps = res
-    meta = {"loss": json.dumps(loss), "prob": json.dumps(prob), "steps": json.dumps(steps)}
-    atomic_write_bytes(path, save({"z": z.contiguous(), "h_init": h_init.contiguous()}, metadata=meta))
-
-
-def _load_chunk(path: Path, n: int, layer: int) -> tuple | None:
-    """A saved chunk, or None if there is none; a damaged one is reported and optimised again."""
-    if not path.exists():
-        return None
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            z, h_init = fh.get_tensor("z"), fh.get_tensor("h_init")
-        loss, prob, steps = (json.loads(meta[k]) for k in ("loss", "prob", "steps"))
-        if z.shape[0] != n or h_init.shape != z.shape or not (len(loss) == len(prob) == len(steps) == n):
-            raise ValueError(f"holds {z.shape[0]} requests, expected {n}")
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is recomputed, and said so
-        print(f"[editdecay edit] checkpoint {path} unusable ({exc}); optimising layer {layer} chunk again",
+    if cache is not None and len(todo) < n and progress:
+        print(f"[editdecay edit] target values of {n - len(todo)} of {n} requests reused from {cache.root}",
               file=sys.stderr)
-        return None
-    return z, h_init, loss, prob, steps
+    done = [r for r in rows if r is not None]
+    return Targets(torch.stack([r.z for r in done]), torch.stack([r.h_init for r in done]), layer,
+                   [r.loss for r in done], [r.prob for r in done], [r.steps for r in done])
 
 
-def _bar(progress: bool, total: int, desc: str):
+def _bar(progress: bool, total: int, desc: str, unit: str = "req"):
     if not progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="req", leave=False)
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit=unit, leave=False)
 
 
 class _FullRunner:
@@ -650,7 +609,8 @@ class _FullRunner:
     def forward(self, act_seq: torch.Tensor, lookup_cols: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
         width = int(self.lens[act_seq].max())
         h = self.h[act_seq, :width]
-        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add, accumulate=True)
+        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add.to(h.dtype),
+                              accumulate=True)
         with start_at(self.model, self.adapter, self.layer + 1, lambda: edited):
             return run_model(self.model, self.ids[act_seq, :width])
 
@@ -729,13 +689,14 @@ class _CachedRunner:
     def forward(self, act_seq: torch.Tensor, lookup_cols: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
         width = int(self.suffix_lens[act_seq].max())
         h = self.h[act_seq, :width]
-        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add, accumulate=True)
+        edited = h.index_put((torch.arange(act_seq.numel(), device=h.device), lookup_cols), add.to(h.dtype),
+                              accumulate=True)
         with start_at(self.model, self.adapter, self.layer + 1, lambda: edited):
             out = _base(self.model)(**self._inputs(act_seq, width, self._cache_for(act_seq)))
         return out.last_hidden_state
 
 
-def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
+def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer, on_step=None):
     device = _device(model)
     b = _z_batch(enc, requests, templates)
     n_req, n_seq = len(requests), len(b.ids)
@@ -746,7 +707,7 @@ def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
     is_kl = torch.tensor(b.is_kl, device=device)
     kl_seq = torch.nonzero(is_kl).flatten()  # one per request, in request order
     first_seq = torch.tensor([b.owner.index(r) for r in range(n_req)], device=device)  # bare template + target
-    h_init = runner.h[first_seq, lookup[first_seq] - runner.offset[first_seq]].clone()  # [n_req, d]
+    h_init = runner.h[first_seq, lookup[first_seq] - runner.offset[first_seq]].clone().float()  # [n_req, d]
     h_norm = h_init.norm(dim=-1)
     max_norm = hp.clamp_norm_factor * h_norm
 
@@ -804,6 +765,8 @@ def _optimise_chunk(model, tok, adapter, enc, requests, templates, hp, layer):
         with torch.no_grad():
             final_loss[act_req] = loss.detach()
             final_prob[act_req] = _mean_prompt_prob(logp.detach(), rows_g, b, act_req, n_per_req)
+        if on_step is not None:
+            on_step(it, final_prob)
         done = loss.detach() < hp.v_early_stop_loss
         if it >= hp.v_num_grad_steps - 1:
             break
@@ -866,8 +829,8 @@ def compute_target_reference(
         def hook(_m, _args, output):
             h = _out_tensor(output)
             if "init" not in holder:
-                holder["init"] = h[0, lookup[0]].detach().clone()
-            h = h.index_put((rows, lookup), delta.expand(len(b.ids), -1), accumulate=True)
+                holder["init"] = h[0, lookup[0]].detach().clone().float()
+            h = h.index_put((rows, lookup), delta.expand(len(b.ids), -1).to(h.dtype), accumulate=True)
             return (h, *output[1:]) if isinstance(output, tuple) else h
 
         handle = adapter.layer(model, layer).register_forward_hook(hook)

@@ -165,7 +165,7 @@ def finetune(
         train_module = get_peft_model(model, peft_config)
     trained = [(n, p.numel()) for n, p in train_module.named_parameters() if p.requires_grad]
 
-    data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed)
+    data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed, cfg.train_on_inputs)
     tracker = None
     if records is not None:
         tracker = DecayTracker(records, tokenizer, work / TRAJECTORY, cfg.downstream_tasks, cfg.downstream_n)

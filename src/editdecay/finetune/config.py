@@ -36,6 +36,9 @@ class FinetuneConfig:
     modules: str = "attn,mlp"  # "attn", "mlp", both, or named projections ("q_proj,v_proj")
     data: str = "commonsense"  # a name load_finetune_corpus knows, or a file
     max_examples: int | None = None  # use only the first N examples of the corpus (before shuffling)
+    # loss on the whole templated example (LLM-Adapters' and the study's train_on_inputs=True) or only on
+    # the response (False; the instruction-tuning convention)
+    train_on_inputs: bool = True
     # adapters
     r: int = 32
     alpha: float = 64.0
@@ -119,6 +122,9 @@ class FinetuneConfig:
             raise bad("max_steps", "must be at least 1")
         if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise bad("eval_every", "must be a non-negative integer (0: only at start and end)")
+        if not isinstance(self.train_on_inputs, bool):
+            raise bad("train_on_inputs", "must be true (loss on the whole example, the study's setting) or false "
+                      "(loss on the response only)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
         for key in ("alpha", "weight_decay", "adam_eps", "warmup_ratio", "epochs"):

@@ -1,7 +1,8 @@
-"""Training examples -> token ids with response-only labels -> padded batches in a resumable order.
+"""Training examples -> token ids with labels -> padded batches in a resumable order.
 
-The loss covers only the response where an example has one (labels are -100 on the prompt), the response
-ends with EOS, and the whole sequence is cut at ``max_length`` (as LLM-Adapters does: an example whose
+By default the loss covers the whole templated example, prompt and response, as LLM-Adapters' ``finetune.py``
+and the study's ``run_finetune_peft.py`` do (``train_on_inputs=True``); with ``train_on_inputs=False`` it
+covers only the response (labels are -100 on the prompt). The response ends with EOS, and the whole sequence is cut at ``max_length`` (as LLM-Adapters does: an example whose
 prompt fills the window contributes no loss tokens). The order of examples is a permutation fixed by
 (seed, epoch) and the position inside it by the micro-batch index, so a resumed run sees exactly the batches
 an uninterrupted one would. Examples are tokenised when first used, so a short run on a large corpus does
@@ -41,9 +42,10 @@ def load_examples(name_or_path: str, max_examples: int | None = None) -> list[Tr
     return examples
 
 
-def encode_example(example: TrainExample, tokenizer, max_length: int) -> Encoded:
-    """prompt (+ special tokens the tokenizer adds, e.g. BOS) + response + EOS, labels only on the response.
+def encode_example(example: TrainExample, tokenizer, max_length: int, train_on_inputs: bool = False) -> Encoded:
+    """prompt (+ special tokens the tokenizer adds, e.g. BOS) + response + EOS.
 
+    Labels cover the response only, or with ``train_on_inputs`` every token after the first (the prompt too).
     A text-only example (empty prompt) is all response: the loss covers every token.
     """
     prompt_ids = tokenizer(example.prompt, add_special_tokens=True)["input_ids"] if example.prompt else []
@@ -56,14 +58,18 @@ def encode_example(example: TrainExample, tokenizer, max_length: int) -> Encoded
         raise DataError("tokenizer", "has no EOS token; fine-tuning appends EOS to every response")
     response_ids = list(response_ids) + [tokenizer.eos_token_id]
     ids = (list(prompt_ids) + response_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
+    if train_on_inputs:
+        labels = list(ids)
+    else:
+        labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return Encoded(ids, labels)
 
 
 class TrainData:
     """Micro-batches by global index: ``batch(m)`` is the same for the same (seed, m) in any process."""
 
-    def __init__(self, examples: list[TrainExample], tokenizer, max_length: int, batch_size: int, seed: int):
+    def __init__(self, examples: list[TrainExample], tokenizer, max_length: int, batch_size: int, seed: int,
+                 train_on_inputs: bool = False):
         if not examples:
             raise DataError("fine-tuning data", "no examples to train on")
         self.examples = examples
@@ -71,6 +77,7 @@ class TrainData:
         self.max_length = max_length
         self.batch_size = batch_size
         self.seed = seed
+        self.train_on_inputs = train_on_inputs
         self._encoded: dict[int, Encoded] = {}
         self._orders: dict[int, list[int]] = {}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -100,7 +107,8 @@ class TrainData:
 
     def encoded(self, index: int) -> Encoded:
         if index not in self._encoded:
-            self._encoded[index] = encode_example(self.examples[index], self.tokenizer, self.max_length)
+            self._encoded[index] = encode_example(self.examples[index], self.tokenizer, self.max_length,
+                                                  self.train_on_inputs)
         return self._encoded[index]
 
     def batch(self, micro: int) -> dict[str, torch.Tensor]:
