@@ -195,7 +195,21 @@ def test_file_level_errors(tmp_path):
 def test_data_inspect_cli(tmp_path, capsys):
     bad = dict(EASYEDIT_RECORD, case_id=1, target_new="")
     path = write(tmp_path, [EASYEDIT_RECORD, bad])
-    assert cli_main(["data", "inspect", str(path)]) == 0
+    assert cli_main(["data", "inspect", str(path)]) == 1  # a validation command fails on any problem
     out = capsys.readouterr().out
     assert "counterfact-easyedit" in out and "2 (1 valid, 1 with problems)" in out
     assert "record 1, field 'target_new'" in out and "David Robinson" in out
+
+
+def test_data_inspect_exit_status(tmp_path, capsys):
+    """0 only when every record is valid; 1 when some or all records have problems."""
+    good = write(tmp_path, [EASYEDIT_RECORD, dict(EASYEDIT_RECORD, case_id=1)], name="good.json")
+    assert cli_main(["data", "inspect", str(good)]) == 0
+    assert "2 (2 valid, 0 with problems)" in capsys.readouterr().out
+    bad = dict(EASYEDIT_RECORD, case_id=1, target_new="")
+    all_bad = write(tmp_path, [dict(bad, case_id=0), bad], name="bad.json")
+    assert cli_main(["data", "inspect", str(all_bad)]) == 1
+    assert "2 (0 valid, 2 with problems)" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["data", "inspect", "--help"])
+    assert "exit status" in " ".join(capsys.readouterr().out.lower().split())

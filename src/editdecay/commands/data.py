@@ -9,7 +9,11 @@ import json
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="inspect edit-data files")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
-    inspect = dsub.add_parser("inspect", help="print counts, a sample record and any problems found")
+    inspect = dsub.add_parser(
+        "inspect", help="print counts, a sample record and any problems found (exit 1 on any problem)",
+        description="Print counts, a sample record and every problem found. Exit status: 0 when every record is "
+        "valid, 1 when any record has a problem (or the file cannot be read), so it can gate a script.",
+    )
     inspect.add_argument("file", help="a data file or a named data set (counterfact, zsre, ...)")
     inspect.add_argument("--format", dest="fmt", help="force a format: counterfact-easyedit, counterfact-rome, zsre, jsonl")
     inspect.add_argument("--zsre-target", choices=["answers", "alt"], default="answers",
@@ -38,4 +42,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  - {line}")
         if len(report.problems) > 50:
             print(f"  ... and {len(report.problems) - 50} more")
-    return 1 if not records else 0
+    return 1 if report.problems or not records else 0
