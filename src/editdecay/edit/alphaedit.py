@@ -8,7 +8,8 @@ same vectors faster). The update is
 
 with K_p the keys of earlier edits (accumulated over sequential batches in :class:`AlphaEditState`) and
 α = ``L2``. Solved in float64 as (P (KKᵀ + K_pK_pᵀ) + αI) X = P K Rᵀ, ΔW = Xᵀ (the reference's form).
-P is stored as its basis U₀ (P = U₀U₀ᵀ) when the kept rank is at most half the dimension.
+P is stored as its basis U₀ (P = U₀U₀ᵀ) when the kept rank is at most half the dimension. The
+eigendecomposition and the solves run on the device they are given (the model's: see :func:`AlphaEditState.from_stats`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ class NullSpaceProjection:
     full: torch.Tensor | None = None
 
     @classmethod
-    def from_cov(cls, cov: torch.Tensor, threshold: float) -> NullSpaceProjection:
-        cov = cov.double()
+    def from_cov(cls, cov: torch.Tensor, threshold: float, device: torch.device | str | None = None
+                 ) -> NullSpaceProjection:
+        cov = cov.to(device=device or cov.device, dtype=torch.float64)
         cov = (cov + cov.T) / 2
         eigvals, eigvecs = torch.linalg.eigh(cov)
         keep = eigvals < threshold
@@ -58,8 +60,9 @@ class NullSpaceProjection:
         return u0 @ (u0.T @ x)
 
 
-def null_space_projection(cov: torch.Tensor, threshold: float) -> NullSpaceProjection:
-    return NullSpaceProjection.from_cov(cov, threshold)
+def null_space_projection(cov: torch.Tensor, threshold: float,
+                          device: torch.device | str | None = None) -> NullSpaceProjection:
+    return NullSpaceProjection.from_cov(cov, threshold, device)
 
 
 def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
@@ -91,8 +94,10 @@ class AlphaEditState:
     stats_id: str = ""
 
     @classmethod
-    def from_stats(cls, cov: dict[int, torch.Tensor], threshold: float, stats_id: str = "") -> AlphaEditState:
-        return cls(threshold, {layer: NullSpaceProjection.from_cov(c, threshold) for layer, c in cov.items()},
+    def from_stats(cls, cov: dict[int, torch.Tensor], threshold: float, stats_id: str = "",
+                   device: torch.device | str | None = None) -> AlphaEditState:
+        """Projections from C per layer, decomposed on ``device`` (default: where C is; pass the model's)."""
+        return cls(threshold, {layer: NullSpaceProjection.from_cov(c, threshold, device) for layer, c in cov.items()},
                    stats_id=stats_id)
 
     def check(self, layers: list[int], threshold: float) -> None:
@@ -116,11 +121,11 @@ class AlphaEditState:
         tensors: dict[str, torch.Tensor] = {}
         for layer, p in self.projections.items():
             if p.basis is not None:
-                tensors[f"basis.{layer}"] = p.basis.contiguous()
+                tensors[f"basis.{layer}"] = p.basis.cpu().contiguous()
             else:
-                tensors[f"full.{layer}"] = p.full.contiguous()
+                tensors[f"full.{layer}"] = p.full.cpu().contiguous()
         for layer, c in self.prev_cov.items():
-            tensors[f"prev_cov.{layer}"] = c.contiguous()
+            tensors[f"prev_cov.{layer}"] = c.cpu().contiguous()
         meta = {"threshold": repr(self.threshold), "n_edits": str(self.n_edits), "stats_id": self.stats_id}
         atomic_write_bytes(path, save(tensors, metadata=meta))
 

@@ -2,12 +2,13 @@
 
 K [d_in, n] are the keys of the edited facts, R [d_out, n] the residuals this layer must add, C = E[k kᵀ]
 the second moment of the layer's keys over generic text and λ = ``mom2_update_weight``. Computed in float64
-with a linear solve (never an explicit inverse); the system is symmetric positive definite.
+with a linear solve (never an explicit inverse); the system is symmetric positive definite. The solve runs
+on the keys' device (the model's), so a GPU edit never moves d×d systems to the CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,9 +32,13 @@ class MemitRule:
     mom2_update_weight: float
     max_condition: float | None = None
     wants_final_keys: bool = False
+    _on_device: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # C moved once per layer
 
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        return memit_delta(keys, resid, self.cov[layer], self.mom2_update_weight,
+        cov = self._on_device.get(layer)
+        if cov is None or cov.device != keys.device:
+            cov = self._on_device[layer] = self.cov[layer].to(device=keys.device, dtype=torch.float64)
+        return memit_delta(keys, resid, cov, self.mom2_update_weight,
                            max_condition=self.max_condition, what=f"layer {layer}")
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:  # MEMIT keeps no state between batches

@@ -118,12 +118,17 @@ def evaluate_model(
     fluency: bool = False,
     perplexity_text: str | os.PathLike | None = None,
     perplexity_tokens: int | None = 4096,
+    *,
+    device: Any = None,
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """The evaluation JSON: ``{"model", "data", "summary", "records", "downstream", "timings", "versions"}``.
 
     ``records`` (a file, a manifest, or EditRecords) takes precedence over ``data`` (a named data set);
     ``downstream`` (e.g. ``"commonsense"``) adds per-task accuracies; ``perplexity_text`` (a raw-text corpus
     name or file) adds ``perplexity`` on its first ``perplexity_tokens`` tokens. At least one must be given.
+    ``device``/``dtype``: where and in what precision a named model is loaded (None: CUDA when present, float32);
+    scores are computed from float32 log-probabilities either way.
     """
     from editdecay.util.env import library_versions
 
@@ -135,9 +140,10 @@ def evaluate_model(
     else:
         from editdecay.models.registry import load_model
 
-        model, tok = load_model(model_name_or_path)
+        model, tok = load_model(model_name_or_path, device=device, dtype=dtype)
         model_label = str(model_name_or_path)
-    out: dict[str, Any] = {"model": model_label, "data": data}
+    out: dict[str, Any] = {"model": model_label, "data": data,
+                           "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
     timings: dict[str, float] = {}
     if records is not None or data is not None:
         if records is None:

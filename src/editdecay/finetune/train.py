@@ -30,6 +30,7 @@ from torch import nn
 from editdecay.errors import ConfigError, NumericalError
 from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import IGNORE_INDEX, TrainData
+from editdecay.finetune.precision import MasterWeights
 from editdecay.models.arch import _get, get_adapter
 from editdecay.util.io import atomic_dir, atomic_write_json, atomic_write_text, dumps, read_json
 
@@ -255,6 +256,8 @@ def train(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise ConfigError("nothing to train: the layer/module selection matched no parameters")
+    master = MasterWeights(named)  # bf16 weights train through float32 masters (finetune/precision.py)
+    named = master.named
     params = [p for _, p in named]
     device = params[0].device
     unembed = _get(eval_model or model, get_adapter(eval_model or model).unembed)
@@ -266,6 +269,7 @@ def train(
     start, tokens, loss_tokens, train_seconds = 0, 0, 0, 0.0
     if (work_dir / CHECKPOINT / "state.json").exists():
         state = load_checkpoint(work_dir, named, optimizer)
+        master.master_to_model()
         start, tokens = state["step"], state["tokens"]
         loss_tokens, train_seconds = state["loss_tokens"], state["train_seconds"]
         print(f"[editdecay] resuming fine-tuning at step {start}/{total} from {work_dir / CHECKPOINT}",
@@ -307,6 +311,7 @@ def train(
                         step_loss += float(loss.detach())
                     if not math.isfinite(step_loss):
                         raise NumericalError(f"fine-tuning loss is {step_loss} at step {step + 1}; lower the lr")
+                    master.grads_to_master()
                     if cfg.max_grad_norm is not None:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
                     else:
@@ -314,6 +319,7 @@ def train(
                             torch.stack([p.grad.norm() for p in params if p.grad is not None])))
                     updating = True
                     optimizer.step()
+                    master.master_to_model()
                     optimizer.zero_grad(set_to_none=True)
                 else:  # every example of this step was cut inside its prompt: nothing to learn from
                     grad_norm = 0.0
