@@ -979,7 +979,8 @@ def apply_update(
 ) -> dict[str, torch.Tensor]:
     """Spread the targets over ``hparams.layers`` and write the updates into the model, in place.
 
-    Returns the weight deltas {parameter name: ΔW in the stored orientation, float32}. Every layer's
+    Keys, residuals and the solve stay on the model's device in float32/float64 whatever the weights'
+    dtype. Returns the weight deltas {parameter name: ΔW in the stored orientation, float32, CPU}. Every layer's
     update is checked before it is written; on a :class:`NumericalError` the layers already written in
     this call are rolled back, so the model is never left half-edited with bad values.
     """
@@ -1011,13 +1012,14 @@ def apply_update(
                 cur_z = res.z_out  # [n, d]
                 _check_finite(keys, f"keys at layer {layer}", requests)
                 _check_finite(cur_z, f"hidden states at layer {z_layer}", requests)
-                resid = (targets.z - cur_z) / (len(layers) - i)  # [n, d]
+                z = targets.z.to(device=cur_z.device, dtype=torch.float32)  # on the model's device
+                resid = (z - cur_z) / (len(layers) - i)  # [n, d]
                 if norm_path:
                     norm = adapter.layer(model, layer).get_submodule(norm_path)
                     resid = through_output_norm(norm, res.module_out, resid)
                 _check_finite(resid, f"residuals at layer {layer}", requests)
                 if log:
-                    log(f"layer {layer}: mean residual norm {(targets.z - cur_z).norm(dim=-1).mean():.3f}, "
+                    log(f"layer {layer}: mean residual norm {(z - cur_z).norm(dim=-1).mean():.3f}, "
                         f"writing {len(requests)} key/value pairs")
                 what = f"layer {layer} ({len(requests)} requests: {_names(requests)})"
                 try:
@@ -1029,15 +1031,17 @@ def apply_update(
                 if not torch.isfinite(upd).all():
                     raise NumericalError(f"{what}: the update holds NaN/inf")
                 weight = adapter.rewrite_weight(model, layer)
-                stored = adapter.to_stored(upd).to(weight.dtype).contiguous()
+                # the delta is kept in float32 as solved; a half-precision weight gets W + ΔW summed in
+                # float32 and rounded once (rounding ΔW first would lose its small entries)
+                stored = adapter.to_stored(upd).to(torch.float32).contiguous()
                 if stored.shape != weight.shape:
                     raise ModelError(f"{what}: update shape {tuple(stored.shape)} != weight {tuple(weight.shape)}")
                 with torch.no_grad():
                     before = weight.detach().clone()
-                    weight.add_(stored.to(weight.device))
+                    weight.copy_((weight.float() + stored.to(weight.device)).to(weight.dtype))
                     written.append((weight, before))
                 name = adapter.rewrite_name(layer) + ".weight"
-                deltas[name] = deltas.get(name, 0) + stored.float().cpu()
+                deltas[name] = deltas.get(name, 0) + stored.cpu()
             if rule.wants_final_keys:
                 res = subject_pass(model, adapter, prompts, key_layers=layers, start=layers[0],
                                    start_entry=entry_first, pad_id=pad)
