@@ -153,7 +153,7 @@ def edit(
         t = time.perf_counter()
         if state is None:
             state = AlphaEditState.from_stats({layer: stats.cov[layer] for layer in hp.layers},
-                                              hp.nullspace_threshold, stats.stats_id)
+                                              hp.nullspace_threshold, stats.stats_id, device=core._device(model))
         state.check(hp.layers, hp.nullspace_threshold)
         rule: core.UpdateRule = AlphaEditRule(state, hp.L2)
         timings["projection"] = time.perf_counter() - t
@@ -250,6 +250,8 @@ def edit_to_folder(
     tok: Any = None,
     targets_cache: TargetCache | str | os.PathLike | bool | None = None,
     deltas_only: bool = False,
+    device: Any = None,
+    dtype: Any = None,
 ) -> EditResult:
     """Load the model, edit it, and write ``out_dir`` (model folder + deltas + manifest) atomically.
 
@@ -257,6 +259,8 @@ def edit_to_folder(
     that takes a model folder loads such a folder as base + deltas. Finished target values are kept in the
     target-value cache (``targets_cache``; with False, in ``.<out_dir name>.checkpoint`` beside ``out_dir``
     until the folder is written), so rerunning the same command after an interruption resumes the edit.
+    ``device``/``dtype`` (e.g. "cuda", "bfloat16"): where and in what precision the model is loaded (a passed
+    ``model`` is moved/cast); the editing maths stays float32/float64 on that device.
     """
     from editdecay.models.registry import load_model, resolve_model
     from editdecay.util.env import library_versions
@@ -267,9 +271,14 @@ def edit_to_folder(
         raise ConfigError(f"{out_dir} exists and is not empty; pass --overwrite (overwrite=True) to replace it")
     records = _as_records(records)
     if model is None:
-        model, tok = load_model(model_name_or_path)
+        model, tok = load_model(model_name_or_path, device=device, dtype=dtype)
     elif tok is None:
         raise ConfigError("pass tok together with model")
+    elif device is not None or dtype is not None:
+        from editdecay.models.device import resolve_device, resolve_dtype
+
+        model.to(device=resolve_device(device) if device is not None else None,
+                 dtype=resolve_dtype(dtype) if dtype is not None else None)
     checkpoint_dir = out_dir.parent / f".{out_dir.name}.checkpoint"
     result = edit(model, tok, records, method=method, hparams=hparams, stats_cache=stats_cache,
                   batch_size=batch_size, seed=seed, progress=progress, overrides=overrides,
@@ -301,6 +310,7 @@ def edit_to_folder(
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "versions": library_versions(),
             "seed": seed,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "n_edits": len(records),
             "batch_size": batch_size,
             "deltas": {name: list(d.shape) for name, d in result.deltas.items()},

@@ -99,7 +99,8 @@ def finetune(
     progress: bool = True,
     *,
     edit_dir: str | os.PathLike | None = None,
-    device: str | None = None,
+    device: Any = None,
+    dtype: Any = None,
     on_step: Any = None,
 ) -> dict[str, Any]:
     """Fine-tune and write the fine-tune folder; return its manifest.
@@ -121,7 +122,7 @@ def finetune(
 
         resolved = resolve_model(model_or_path)
         model_dir = Path(resolved) if not isinstance(resolved, str) else None
-        model, loaded_tok = load_model(model_or_path, device=device)
+        model, loaded_tok = load_model(model_or_path, device=device, dtype=dtype)
         tokenizer = tokenizer or loaded_tok
         base_model = str(model_dir or model_or_path)
     else:
@@ -129,8 +130,11 @@ def finetune(
         if tokenizer is None:
             raise ConfigError("finetune() got a model object but no tokenizer: pass tokenizer=")
         base_model = str(getattr(model.config, "name_or_path", "") or type(model).__name__)
-        if device:
-            model.to(device)
+        if device is not None or dtype is not None:
+            from editdecay.models.device import resolve_device, resolve_dtype
+
+            model.to(device=resolve_device(device) if device is not None else None,
+                     dtype=resolve_dtype(dtype) if dtype is not None else None)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     edit_manifest, edit_manifest_path = _edit_manifest(track_edits, edit_dir, model_dir)
@@ -199,6 +203,7 @@ def finetune(
                     "tokens_per_s": result.tokens / result.train_seconds if result.train_seconds else None},
         "versions": library_versions(),
         "seed": cfg.seed,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),  # bf16 trains via float32 masters
         "trajectory": TRAJECTORY if tracker is not None else None,
     }
     with atomic_dir(out) as tmp:
