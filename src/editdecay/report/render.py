@@ -1,7 +1,7 @@
 """Render a report to self-contained HTML, Markdown, CSV, LaTeX and plain text.
 
 Every string that comes from data (model names, subjects, targets, notes) passes through the escaper of its
-output format: ``html.escape`` for HTML, backslash escapes for Markdown, LaTeX escapes for .tex; the HTML has
+output format: ``html.escape`` for HTML, backslash escapes for what Markdown would read as markup, LaTeX escapes for .tex; the HTML has
 no scripts and no external resources (plots are inline base64 PNGs).
 """
 
@@ -38,12 +38,31 @@ def esc_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~&])")
+# Only what CommonMark/GFM would read as markup, so report.md also reads cleanly as plain text
+# ("fine-tuning", "demo-out/results.db", "-0.12", "M_ed_ft", "p < 0.05" stay as they are):
+_MD_INLINE = re.compile(
+    r"""[`*\[\]|~$]"""  # code spans, emphasis, links/images, table cells, strikethrough, math
+    r"""|\\(?=[!-/:-@\[-`{-~]|$)"""  # a backslash that would escape what follows (or the template's next char)
+    r"""|(?<![^\W_])_|_(?![^\W_])"""  # underscores, except between two letters/digits (never emphasis there)
+    r"""|<(?=[A-Za-z/!?])"""  # raw HTML and autolinks
+    r"""|&(?=#?\w+;)"""  # entity and character references
+    r"""|(?:(?<=\s)|^)#(?=#*\s*$)"""  # a trailing run of '#' that would close an ATX heading
+)
+# at the start of a line: headings, block quotes, list items, setext underlines, ordered list markers
+_MD_BLOCK_START = re.compile(r"^(?:[#>+=-]|\d+(?=[.)]))")
 
 
-def esc_md(value: Any) -> str:
-    """Backslash-escape every Markdown-significant character (CommonMark allows it for all ASCII punctuation)."""
-    return _MD_SPECIAL.sub(r"\\\1", str(value).replace("\r", " ").replace("\n", " "))
+def esc_md(value: Any, line_start: bool = False) -> str:
+    """Backslash-escape the characters Markdown would read as markup in ``value`` (newlines become spaces).
+
+    ``line_start``: the text starts a line or a list item, so block markers at its start are escaped too.
+    """
+    text = _MD_INLINE.sub(lambda m: "\\" + m.group(0), str(value).replace("\r", " ").replace("\n", " "))
+    if line_start:
+        text = text.lstrip(" ")  # four leading spaces would start a code block
+        text = _MD_BLOCK_START.sub(lambda m: m.group(0) + "\\" if m.group(0)[0].isdigit() else "\\" + m.group(0),
+                                   text, count=1)
+    return text
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
@@ -175,7 +194,7 @@ def table_md(table: Table) -> str:
     if constant:
         out += [f"Every row: {esc_md(_constants(constant))}.", ""]
     if cut:
-        out += [esc_md(cut), ""]
+        out += [esc_md(cut, line_start=True), ""]
     out.append("| " + " | ".join(esc_md(c.label + _unit(c.kind)) for c in columns) + " |")
     out.append("| " + " | ".join("---" if c.kind == "str" else "---:" for c in columns) + " |")
     for row in rows:
@@ -197,9 +216,9 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
         if isinstance(fig, Skipped):
             out += [f"_Not shown: {esc_md(fig.reason)}._", ""]
         else:
-            out += [f"![{esc_md(fig.title)}]({figure_dir}/{fig.name}.png)", "", esc_md(fig.caption), ""]
+            out += [f"![{esc_md(fig.title)}]({figure_dir}/{fig.name}.png)", "", esc_md(fig.caption, line_start=True), ""]
     if report.notes:
-        out += ["## Notes", ""] + [f"- {esc_md(n)}" for n in report.notes] + [""]
+        out += ["## Notes", ""] + [f"- {esc_md(n, line_start=True)}" for n in report.notes] + [""]
     return "\n".join(out)
 
 
