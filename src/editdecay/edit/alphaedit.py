@@ -60,11 +60,6 @@ class NullSpaceProjection:
         return u0 @ (u0.T @ x)
 
 
-def null_space_projection(cov: torch.Tensor, threshold: float,
-                          device: torch.device | str | None = None) -> NullSpaceProjection:
-    return NullSpaceProjection.from_cov(cov, threshold, device)
-
-
 def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
                     prev_cov: torch.Tensor | None, alpha: float, *, what: str = "AlphaEdit update") -> torch.Tensor:
     """ΔW [d_out, d_in] = R Kᵀ P (KKᵀP + K_pK_pᵀP + αI)⁻¹ in float64."""

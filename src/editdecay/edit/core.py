@@ -36,7 +36,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -1069,5 +1069,5 @@ def _check_finite(x: torch.Tensor | None, what: str, requests: Sequence[Request]
 __all__ = [
     "Request", "Encoder", "SubjectPrompts", "Targets", "UpdateRule", "context_templates", "compute_keys",
     "compute_targets", "apply_update", "solve_checked", "through_output_norm", "start_at", "run_model",
-    "frozen", "pad_right", "fill_parts", "field",
+    "frozen", "pad_right", "fill_parts",
 ]

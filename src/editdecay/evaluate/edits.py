@@ -34,10 +34,6 @@ from editdecay.data.records import EditRecord
 from editdecay.errors import DataError
 from editdecay.evaluate.scoring import TokenScores, continuation, score_alternatives
 
-CF_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude", "paraphrase_magnitude",
-              "neighborhood_magnitude", "efficacy_acc", "paraphrase_acc", "neighborhood_acc")
-ZSRE_METRICS = ("efficacy", "paraphrase", "neighborhood")
-
 
 def metric_family(record: EditRecord) -> str:
     """'counterfact' (comparative NLL tests) or 'zsre' (token accuracy): zsRE data or no true target."""

@@ -19,7 +19,6 @@ from editdecay.errors import DataError
 
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
-OPTIONAL_TABLES = ("trajectories", "run_stages", "records")
 RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood")
 RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data")
 

@@ -60,10 +60,6 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _models(res: Results) -> list[str]:
-    return sorted({r.model for r in res.runs})
-
-
 def _full_layer_runs(res: Results) -> list[Run]:
     return [r for r in res.runs if r.layer_selection == "all"] or list(res.runs)
 

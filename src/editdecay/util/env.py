@@ -1,11 +1,9 @@
-"""Run environment facts recorded in every manifest: library versions, seeds, timing."""
+"""Run environment facts recorded in every manifest: library versions, machine, seeding."""
 
 from __future__ import annotations
 
 import platform
 import random
-import time
-from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -34,17 +32,3 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
-
-class Timer:
-    """Collects named wall-clock durations for manifests."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
