@@ -1,8 +1,8 @@
 """Second moments C = E[k kᵀ] of the rewritten projection's input over generic text, with a disk cache.
 
 :func:`second_moments` collects every requested layer in ONE forward pass per batch of text, stopping the
-pass at the deepest layer's rewritten projection. Each batch's kᵀk is formed in the model's dtype and
-added to a float64 accumulator (``mom2_dtype``); C is the accumulated sum divided by the token count.
+pass at the deepest layer's rewritten projection. Each batch's kᵀk is formed in float32 (also for a
+bfloat16/float16 model: a bf16 Gram matrix loses C's small eigenvalues) and added to a float64 accumulator (``mom2_dtype``); C is the accumulated sum divided by the token count.
 :func:`second_moments_per_layer` is the reference code's way (one pass per layer, each stopping at its
 layer) and exists for the benchmark and the equality test.
 
@@ -286,7 +286,7 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
     def hook_for(layer: int):
         def hook(_m, args, kwargs):
             x = _hidden_arg(args, kwargs)
-            x = x.reshape(-1, x.shape[-1])
+            x = x.reshape(-1, x.shape[-1]).float()  # a bf16/fp16 model's keys: the Gram matrix in float32
             if keep[0] is not None:
                 x = x[keep[0]]
             gram = (x.T @ x).to(accum_dtype)
