@@ -35,6 +35,8 @@ demo: setup
 test: setup
 	# the report's browser test renders the HTML in Debian's headless chromium (installed once, idempotent)
 	bash scripts/ensure_chromium.sh >/dev/null
+	# lint where CI runs the tests (.ci/run calls make test)
+	$(BIN)/ruff check src tests benchmarks scripts
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,8 +1,9 @@
 """editdecay: do knowledge edits survive fine-tuning?
 
 The pipeline flows one way: models -> data -> edit -> finetune -> evaluate -> experiment -> report, with
-``commands``/``cli`` and ``api`` on top and ``util``/``errors`` below everything. A package imports only
-packages before it in that order (and ``util``/``errors``), never one after it.
+``commands``/``cli`` and ``api`` on top and ``util``/``errors`` below everything. A package may import only
+the packages before it in that order (and ``util``/``errors``), never one after it; each package's own
+docstring says what it may import and names any exception still to be removed.
 Import the user-facing functions from :mod:`editdecay.api`.
 """
 

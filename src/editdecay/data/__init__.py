@@ -1,4 +1,11 @@
-"""Data: one typed edit-record shape for every edit-data format, plus the fine-tuning/downstream corpora."""
+"""Data: one typed edit-record shape for every edit-data format, plus the fine-tuning/downstream corpora.
+
+``records`` (``EditRecord``, CounterFact/zsRE/user JSONL readers; errors name file, record and field),
+``corpora`` (commonsense, Alpaca, HotpotQA, raw text, the downstream test sets).
+
+May import: :mod:`editdecay.models`, :mod:`editdecay.util` and :mod:`editdecay.errors`; never a stage after
+it (edit, finetune, evaluate, experiment, report).
+"""
 
 from editdecay.data.records import EditRecord, load_edit_records, resolve_edit_data
 

@@ -5,6 +5,11 @@
 - :mod:`~editdecay.edit.memit`, :mod:`~editdecay.edit.alphaedit` the update rules only
 - :mod:`~editdecay.edit.hparams` hyperparameter dataclasses and the per-model defaults table
 - :mod:`~editdecay.edit.api` ``edit``, ``edit_to_folder``, ``apply_deltas``
+
+May import: :mod:`editdecay.models`, :mod:`editdecay.data`, :mod:`editdecay.util` and
+:mod:`editdecay.errors`; never finetune, experiment or report. Known exception, to go in the issue-14
+restructure: ``core`` and ``stats`` take the tokenisation rules (``continuation``, ``special_prefix``) from
+``evaluate.scoring``.
 """
 
 from editdecay.edit.api import EditResult, apply_deltas, edit, edit_to_folder, load_deltas

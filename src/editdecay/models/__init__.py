@@ -1,4 +1,13 @@
-"""Models: the per-architecture adapter table and the registry that turns names into local folders."""
+"""Models: the per-architecture adapter table and the registry that turns names into local folders.
+
+``arch`` (where each architecture keeps its layers, rewritten projection, norm and unembedding),
+``registry`` (names -> folders, GGUF conversion, ``load_model``), ``tiny`` (small random models for tests and
+``tiny:<arch>`` grids).
+
+May import: :mod:`editdecay.util` and :mod:`editdecay.errors`; it is the first stage, so no other stage.
+Known exception, to go in the issue-14 restructure: ``tiny.tiny_tokenizer`` reads ``data.corpora.load_text``
+for its default training text.
+"""
 
 from editdecay.models.arch import ArchAdapter, get_adapter, supported_architectures
 from editdecay.models.registry import load_model, model_status, resolve_model
