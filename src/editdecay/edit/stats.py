@@ -2,7 +2,8 @@
 
 :func:`second_moments` collects every requested layer in ONE forward pass per batch of text, stopping the
 pass at the deepest layer's rewritten projection. Each batch's kᵀk is formed in float32 (also for a
-bfloat16/float16 model: a bf16 Gram matrix loses C's small eigenvalues) and added to a float64 accumulator (``mom2_dtype``); C is the accumulated sum divided by the token count.
+bfloat16/float16 model: a bf16 Gram matrix loses C's small eigenvalues) and added to a float64
+accumulator (``mom2_dtype``); C is the accumulated sum divided by the token count.
 :func:`second_moments_per_layer` is the reference code's way (one pass per layer, each stopping at its
 layer) and exists for the benchmark and the equality test.
 
