@@ -3,9 +3,15 @@
 Field names follow the MEMIT/AlphaEdit reference code (``v_lr``, ``clamp_norm_factor``,
 ``mom2_update_weight`` ...) so published settings can be pasted in. Differences from the reference files:
 
-- ``mom2_n_tokens`` replaces ``mom2_n_samples``: the statistics are counted in tokens (the reference counts
-  Wikipedia articles of up to the context length); ``mom2_dataset`` names corpora of
-  :func:`editdecay.data.corpora.load_text`.
+- The statistics budget is ``mom2_n_tokens`` (tokens, the default) or, as in the reference files,
+  ``mom2_n_samples`` (documents, each cut to ``mom2_seq_len`` tokens; the reference cuts Wikipedia articles
+  to the model's context length). ``mom2_dataset`` names local corpora, files or ``hf:NAME[:CONFIG]`` hub
+  datasets (:mod:`editdecay.edit.stats_text`); ``mom2_allow_short`` lets a corpus smaller than the budget
+  be used (recorded; otherwise an error).
+- The reference files' module templates (``rewrite_module_tmp``, ``layer_module_tmp``, ``mlp_module_tmp``,
+  ``attn_module_tmp``, ``ln_f_module``, ``lm_head_module``) are checked against the adapter table
+  (:mod:`editdecay.models.arch`), which decides the modules; they and ``mom2_adjustment`` (read only by
+  ROME), ``model_name`` and ``alg_name`` have no further effect, and a :class:`HparamsWarning` lists them.
 - ``v_loss_layer=None`` means the last layer (the papers always tie the loss to the last layer).
 - ``context_template_length_params`` is ``[[max_tokens, count], ...]``; MEMIT/AlphaEdit use one group of
   five 10-token generations (``[[10, 5]]``), ROME two groups (``[[5, 10], [10, 10]]``).
@@ -24,6 +30,7 @@ import copy
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +38,21 @@ from typing import Any, ClassVar
 from editdecay.errors import ConfigError
 
 METHODS = ("memit", "alphaedit")
+# fields added after stage ids and manifests were first written: left out of to_dict() at their defaults, so
+# the ids of existing settings stay the same
+_ADDED_FIELDS = {"mom2_n_samples": None, "mom2_allow_short": False}
+# the reference code's module templates, checked against the adapter table, then dropped
+MODULE_KEYS = ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
+               "lm_head_module")
+NO_EFFECT_KEYS = {"model_name": "descriptive", "alg_name": "descriptive",
+                  "mom2_adjustment": "read only by ROME; MEMIT and AlphaEdit always use C"}
+# table keys -> architecture, to check a file's module templates when only a table key is known
+_KEY_ARCH = {"gpt2-xl": "gpt2", "gpt-j-6b": "gptj", "llama3-8b": "llama", "smollm2-135m": "llama",
+             "gemma3-270m": "gemma3_text"}
+
+
+class HparamsWarning(UserWarning):
+    """A hyperparameter file holds keys that have no effect here, or that mean something different."""
 
 
 @dataclass
@@ -54,6 +76,8 @@ class EditHparams:
     # second moments
     mom2_dataset: list[str] = field(default_factory=lambda: ["wikitext", "wikipedia"])
     mom2_n_tokens: int = 100_000
+    mom2_n_samples: int | None = None  # set: count documents instead of tokens (the reference files' budget)
+    mom2_allow_short: bool = False  # a corpus smaller than the budget: use it (recorded) instead of failing
     mom2_dtype: str = "float64"
     mom2_seq_len: int = 256
     mom2_update_weight: float = 15000.0
@@ -102,6 +126,11 @@ class EditHparams:
         for key, value in non_negative.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"hparams.{key}: must be a non-negative number, got {value!r}")
+        n_samples = self.mom2_n_samples
+        if n_samples is not None and (isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1):
+            raise ConfigError(f"hparams.mom2_n_samples: must be a positive integer or null, got {n_samples!r}")
+        if not isinstance(self.mom2_allow_short, bool):
+            raise ConfigError(f"hparams.mom2_allow_short: expected true or false, got {self.mom2_allow_short!r}")
         if not isinstance(self.v_num_grad_steps, int):
             raise ConfigError(f"hparams.v_num_grad_steps: expected an integer, got {self.v_num_grad_steps!r}")
         if self.mom2_dtype not in ("float64", "float32"):
@@ -113,6 +142,9 @@ class EditHparams:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        for key, default in _ADDED_FIELDS.items():
+            if out.get(key) == default:
+                del out[key]
         out["method"] = self.method
         return out
 
@@ -240,8 +272,14 @@ def _check_method(method: str) -> str:
     return method
 
 
-def hparams_from_dict(method: str, values: dict[str, Any], base: EditHparams | None = None) -> EditHparams:
-    """``base`` (or the dataclass defaults) with ``values`` applied; unknown keys raise ConfigError."""
+def hparams_from_dict(method: str, values: dict[str, Any], base: EditHparams | None = None,
+                      model: Any = None) -> EditHparams:
+    """``base`` (or the dataclass defaults) with ``values`` applied; unknown keys raise ConfigError.
+
+    The reference code's keys are accepted (see the module docstring): module templates are checked against
+    the adapter table of ``model`` (an nn.Module, a config or a table key) and a :class:`HparamsWarning` lists
+    the keys that have no effect.
+    """
     method = _check_method(method)
     cls = HPARAMS_CLASSES[method]
     names = {f.name for f in fields(cls)}
@@ -249,14 +287,23 @@ def hparams_from_dict(method: str, values: dict[str, Any], base: EditHparams | N
     given_method = values.pop("method", None)
     if given_method is not None and str(given_method).lower() != method:
         raise ConfigError(f"hparams.method: the file is for {given_method!r} but the method is {method!r}")
-    for ignored in ("model_name", "alg_name"):  # descriptive keys of the reference files
-        values.pop(ignored, None)
+    notes = _reference_keys(values, model)
     unknown = sorted(set(values) - names)
     if unknown:
         other = {f.name for f in fields(AlphaEditHparams)} - names
         hint = " (AlphaEdit-only keys; use --method alphaedit)" if set(unknown) <= other else ""
         raise ConfigError(f"unknown hparams key(s) {', '.join(unknown)} for {method}{hint}; "
-                          f"known: {', '.join(sorted(names))}")
+                          f"known: {', '.join(sorted(names | set(MODULE_KEYS) | set(NO_EFFECT_KEYS)))}")
+    reference = bool(notes)  # the values come from a reference file: say where its meaning differs
+    if reference and values.get("mom2_dataset") == "wikipedia" and values.get("mom2_n_samples"):
+        notes.append("mom2_dataset 'wikipedia' is the local sample of Wikipedia articles here, not the full "
+                     "dump the reference code streams: use hf:wikimedia/wikipedia:20231101.en where the hub is "
+                     "reachable, or a local file")
+    if reference and values.get("mom2_n_samples") and "mom2_seq_len" not in values:
+        notes.append("mom2_n_samples: each document is cut to mom2_seq_len tokens (the reference cuts it to the "
+                     "model's context length, e.g. 1024 for GPT-2 XL): set mom2_seq_len to match")
+    if notes:
+        warnings.warn(HparamsWarning("hparams: " + "; ".join(notes)), stacklevel=2)
     if base is not None:
         start = {f.name: copy.deepcopy(getattr(base, f.name)) for f in fields(cls) if hasattr(base, f.name)}
     else:
@@ -270,8 +317,72 @@ def hparams_from_dict(method: str, values: dict[str, Any], base: EditHparams | N
     return hp
 
 
+def _adapter_of(model: Any) -> tuple[Any, bool | None]:
+    """(ArchAdapter or None, tie_word_embeddings or None) for an nn.Module, a config or a table key."""
+    from editdecay.errors import ModelError
+    from editdecay.models.arch import get_adapter
+
+    if model is None:
+        return None, None
+    if isinstance(model, str):
+        arch = _KEY_ARCH.get(model)
+        return (get_adapter(arch) if arch else None), None
+    config = _config_of(model)
+    model_type = _get(config, "model_type")
+    if model_type is None:
+        return None, None
+    try:
+        adapter = get_adapter(str(model_type))
+    except ModelError as exc:
+        raise ConfigError(f"hparams module templates cannot be checked: {exc}") from None
+    return adapter, _get(config, "tie_word_embeddings")
+
+
+def expected_modules(adapter: Any) -> dict[str, str]:
+    """The reference code's module templates as the adapter table spells them for one architecture."""
+    layer = f"{adapter.layers}.{{}}"
+    attn_parts = [p.split(".")[:-1] for p in adapter.attn_projections]
+    common: list[str] = []
+    for parts in zip(*attn_parts, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return {"layer_module_tmp": layer, "rewrite_module_tmp": f"{layer}.{adapter.rewrite}",
+            "mlp_module_tmp": f"{layer}.{adapter.rewrite.rsplit('.', 1)[0]}",
+            "attn_module_tmp": f"{layer}.{'.'.join(common)}", "ln_f_module": adapter.final_norm,
+            "lm_head_module": adapter.unembed}
+
+
+def _reference_keys(values: dict[str, Any], model: Any) -> list[str]:
+    """Check and drop the reference files' keys that this implementation does not read; notes for a warning."""
+    notes = []
+    dropped = [f"{k} ({NO_EFFECT_KEYS[k]})" for k in NO_EFFECT_KEYS if k in values]
+    for key in NO_EFFECT_KEYS:
+        values.pop(key, None)
+    modules = {k: values.pop(k) for k in MODULE_KEYS if k in values}
+    if modules:
+        adapter, tied = _adapter_of(model)
+        if adapter is None:
+            how = "not checked: no model architecture known here; the adapter table decides the modules"
+        else:
+            want = expected_modules(adapter)
+            for key, value in modules.items():
+                ok = value == want[key] or (key == "lm_head_module" and value == adapter.embed and tied is not False)
+                if not isinstance(value, str) or not ok:
+                    raise ConfigError(
+                        f"hparams.{key}: {value!r} is not the module the adapter table uses for {adapter.name} "
+                        f"({want[key]!r}, src/editdecay/models/arch.py); editdecay edits the modules its table "
+                        "names, so fix the file (is it for another architecture?) or the table row")
+            how = f"checked against the adapter table's {adapter.name} row, which decides the modules"
+        dropped.append(f"{', '.join(modules)} ({how})")
+    if dropped:
+        notes.append("keys with no effect: " + "; ".join(dropped))
+    return notes
+
+
 def load_hparams_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML or JSON mapping of hparams keys (the reference code's JSON files work as they are)."""
+    """A YAML or JSON mapping of hparams keys (the reference MEMIT/AlphaEdit JSON files work as they are:
+    :func:`hparams_from_dict` maps their keys)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"hparams file {path} not found")
@@ -331,13 +442,13 @@ def resolve_hparams(
     else:
         base = default_hparams(method, model)
         if isinstance(hparams, (str, os.PathLike)):
-            base = hparams_from_dict(method, load_hparams_file(hparams), base)
+            base = hparams_from_dict(method, load_hparams_file(hparams), base, model)
         elif isinstance(hparams, dict):
-            base = hparams_from_dict(method, hparams, base)
+            base = hparams_from_dict(method, hparams, base, model)
         elif hparams is not None:
             raise ConfigError(f"hparams must be a dataclass, dict or file path, got {type(hparams).__name__}")
     if overrides:
-        base = hparams_from_dict(method, overrides, base)
+        base = hparams_from_dict(method, overrides, base, model)
     n_layers = _get(_config_of(model), "num_hidden_layers", "n_layer") if model is not None else None
     base.validate(int(n_layers) if n_layers else None)
     return base
