@@ -22,6 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=float, help="passes over the data when --max-steps is not given (default 1)")
     p.add_argument("--track-edits", metavar="EDIT_DIR", help="edit folder whose records are scored during training")
     p.add_argument("--eval-every", type=int, help="score tracked edits every K steps (plus step 0 and the end)")
+    p.add_argument("--preserve-edits", metavar="EDIT_DIR",
+                   help="edit folder whose edits --strategy keeps through fine-tuning (docs/preserve.md)")
+    p.add_argument("--strategy", choices=("none", "freeze", "nullspace", "replay", "reedit"),
+                   help="how to keep them: freeze the rewritten projections, project updates onto the null space "
+                   "of the edit keys, replay the edit facts, or re-edit after fine-tuning")
+    p.add_argument("--replay-rate", type=float, help="replay: share of the training examples that are edit facts "
+                   "(default 0.1)")
     p.add_argument("--seed", type=int, help="seed for adapter init and data order (default 0)")
     p.add_argument("--lr", type=float, help="learning rate (default 2e-4 LoRA/DoRA, 5e-6 full)")
     p.add_argument("--batch-size", type=int, help="examples per micro-batch (default 4)")
@@ -43,7 +50,8 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
     cfg: dict = {"type": args.type, "layers": args.layers, "modules": args.modules, "data": args.data}
     for flag, key in (("max_steps", "max_steps"), ("epochs", "epochs"), ("eval_every", "eval_every"),
-                      ("seed", "seed"), ("lr", "lr"), ("batch_size", "batch_size"), ("max_length", "max_length")):
+                      ("seed", "seed"), ("lr", "lr"), ("batch_size", "batch_size"), ("max_length", "max_length"),
+                      ("strategy", "preserve_strategy"), ("replay_rate", "replay_rate")):
         value = getattr(args, flag)
         if value is not None:
             cfg[key] = value
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads {args.threads}: must be at least 1")
         torch.set_num_threads(args.threads)
     manifest = finetune(args.model, cfg, args.out, track_edits=args.track_edits, overwrite=args.overwrite,
+                        preserve_edits=args.preserve_edits,
                         progress=not args.no_progress, device=args.device)
     loss = manifest["final_loss"]
     print(f"{manifest['type']} fine-tuning: {manifest['steps']} steps, {manifest['n_trained']:,} trained parameters "

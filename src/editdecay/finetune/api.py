@@ -26,6 +26,7 @@ from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import TrainData, load_examples
 from editdecay.finetune.train import LOG, TRAJECTORY, DecayTracker, train
 from editdecay.models.arch import get_adapter
+from editdecay.preserve.strategy import Preserve
 from editdecay.util.env import library_versions, seed_everything
 from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
 
@@ -102,13 +103,16 @@ def finetune(
     device: Any = None,
     dtype: Any = None,
     on_step: Any = None,
+    preserve_edits: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fine-tune and write the fine-tune folder; return its manifest.
 
     ``model_or_path``: a model folder / registered name (loaded here), or a loaded model (trained in place:
     deep-copy it first if you need the original). ``track_edits``: an edit folder whose records are scored
     every ``eval_every`` steps. ``edit_dir``: where 'edited' layers come from when not tracking (default: the
-    model folder itself when it is an edit folder).
+    model folder itself when it is an edit folder). ``preserve_edits``: the edit folder whose edits
+    ``cfg.preserve_strategy`` keeps (default: the edit folder found for tracking / 'edited' layers; see
+    editdecay.preserve and docs/preserve.md).
     """
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     cfg.validate()
@@ -144,12 +148,22 @@ def finetune(
 
     adapter = get_adapter(model)
     selection = sel.select(model, cfg, edit_manifest)  # fails on a bad selection before any folder is made
+    if preserve_edits is not None and cfg.preserve_strategy == "none":
+        raise ConfigError("--preserve-edits given without a strategy: add --strategy freeze|nullspace|replay|reedit")
+    preserve = Preserve.build(cfg, preserve_edits if preserve_edits is not None else
+                              (Path(edit_manifest_path).parent if edit_manifest_path else None), model)
+    if preserve is not None and preserve.frozen_modules():
+        selection = sel.without_modules(selection, preserve.frozen_modules(), "preserve_strategy='freeze'")
     peft_config = sel.lora_config(model, selection, cfg) if cfg.type != "full" else None
     examples = load_examples(cfg.data, cfg.max_examples)
+    if preserve is not None:
+        examples = preserve.examples(examples)  # replay mixes the edit facts in
 
     identity = {"config": cfg.run_hash(), "model": model_fingerprint(model), "data": cfg.data,
                 "edited_layers": edit_manifest["layers"] if edit_manifest is not None else None,
                 "tracked": stable_hash([r.to_dict() for r in records]) if records is not None else None}
+    if preserve is not None:
+        identity["preserve"] = preserve.identity()
     run_hash = stable_hash(identity)
     done = _prepare_dirs(out, work, run_hash, overwrite)
     if done is not None:
@@ -158,6 +172,8 @@ def finetune(
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "run.json", {"run_hash": run_hash, "identity": identity, "config": cfg.to_dict()})
 
+    if preserve is not None:
+        preserve.before_training(model, tokenizer, progress)  # edit keys (nullspace), z and C (reedit)
     seed_everything(cfg.seed)
     if cfg.type == "full":
         sel.apply_full_selection(model, selection)
@@ -167,6 +183,8 @@ def finetune(
 
         model.requires_grad_(False)
         train_module = get_peft_model(model, peft_config)
+    if preserve is not None:
+        preserve.attach(train_module, cfg.type)  # nullspace: bind the projection (may freeze a bias/magnitude)
     trained = [(n, p.numel()) for n, p in train_module.named_parameters() if p.requires_grad]
 
     data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed, cfg.train_on_inputs)
@@ -174,7 +192,7 @@ def finetune(
     if records is not None:
         tracker = DecayTracker(records, tokenizer, work / TRAJECTORY, cfg.downstream_tasks, cfg.downstream_n)
     result = train(train_module, data, cfg, work, eval_model=model, tracker=tracker, progress=progress,
-                   on_step=on_step)
+                   on_step=on_step, after_update=preserve.after_update if preserve is not None else None)
 
     manifest = {
         "stage": "finetune",
@@ -208,16 +226,23 @@ def finetune(
     }
     with atomic_dir(out) as tmp:
         if cfg.type == "full":
+            if preserve is not None:
+                preserve.after_training(model, tokenizer, progress)
             model.save_pretrained(tmp)
         else:
             train_module.save_pretrained(tmp / "adapter")
             merged = train_module.merge_and_unload()
+            if preserve is not None:
+                preserve.after_training(merged, tokenizer, progress)  # reedit writes into the merged weights
             merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.copy2(work / LOG, tmp / LOG)
         if tracker is not None:
             shutil.copy2(work / TRAJECTORY, tmp / TRAJECTORY)
         manifest["timings"]["total_seconds"] = time.time() - started
+        if preserve is not None:
+            preserve.write(tmp)
+            manifest["preserve"] = preserve.manifest()
         atomic_write_json(tmp / "manifest.json", manifest)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -25,6 +25,8 @@ DEFAULT_LR = {"full": 5e-6, "lora": 2e-4, "dora": 2e-4}
 # keys that change what is trained; progress/bookkeeping keys (eval_every, checkpoint_every) do not enter
 # the run hash, so a user may resume a run with a different evaluation cadence
 _BOOKKEEPING = ("checkpoint_every", "log_every")
+_PRESERVE_KEYS = ("preserve_strategy", "replay_rate", "replay_paraphrases", "nullspace_keys", "reedit_z",
+                  "reedit_reoptimise")
 
 
 @dataclass
@@ -39,6 +41,14 @@ class FinetuneConfig:
     # loss on the whole templated example (LLM-Adapters' and the study's train_on_inputs=True) or only on
     # the response (False; the instruction-tuning convention)
     train_on_inputs: bool = True
+    # keeping an edit through fine-tuning (editdecay.preserve; docs/preserve.md): none | freeze | nullspace |
+    # replay | reedit, applied to the edit folder given as preserve_edits / --preserve-edits
+    preserve_strategy: str = "none"
+    replay_rate: float = 0.1  # replay: share of the training examples that are edit facts
+    replay_paraphrases: bool = True  # replay: also the records' paraphrase prompts (PS is then not held out)
+    nullspace_keys: str = "mean"  # nullspace: the edit's template-averaged keys, or "prompts" (every template)
+    reedit_z: str = "base"  # reedit: z as the edit optimised it ("base"), or as the edited model reaches it
+    reedit_reoptimise: bool = True  # reedit: re-optimise z for edits that held before but fail after the re-solve
     # adapters
     r: int = 32
     alpha: float = 64.0
@@ -94,7 +104,16 @@ class FinetuneConfig:
 
     def run_hash(self) -> str:
         """Hash of the settings that decide the trained weights (bookkeeping cadence excluded)."""
-        return stable_hash({k: v for k, v in self.to_dict().items() if k not in _BOOKKEEPING})
+        return stable_hash({k: v for k, v in self.to_dict().items()
+                            if k not in _BOOKKEEPING and k not in self._unused_preserve_keys()})
+
+    def _unused_preserve_keys(self) -> set[str]:
+        """Preserve settings the chosen strategy ignores: left out of the run hash, so adding them changed no
+        existing run's hash and tuning one strategy's knob never re-runs another strategy."""
+        used = {"none": (), "freeze": ("preserve_strategy",), "nullspace": ("preserve_strategy", "nullspace_keys"),
+                "replay": ("preserve_strategy", "replay_rate", "replay_paraphrases"),
+                "reedit": ("preserve_strategy", "reedit_z", "reedit_reoptimise")}.get(self.preserve_strategy, ())
+        return set(_PRESERVE_KEYS) - set(used)
 
     # ------------------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -127,6 +146,7 @@ class FinetuneConfig:
                       "(loss on the response only)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise bad("seed", "must be an integer")
+        self._validate_preserve(bad)
         for key in ("alpha", "weight_decay", "adam_eps", "warmup_ratio", "epochs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -150,6 +170,22 @@ class FinetuneConfig:
             raise bad("train_extra", "only applies to full fine-tuning (adapters go on projections)")
         if not isinstance(self.downstream_tasks, list) or any(not isinstance(t, str) for t in self.downstream_tasks):
             raise bad("downstream_tasks", "must be a list of task names")
+
+    def _validate_preserve(self, bad: Any) -> None:
+        from editdecay.preserve import NULLSPACE_KEYS, REEDIT_Z, STRATEGIES
+
+        if self.preserve_strategy not in STRATEGIES:
+            raise bad("preserve_strategy", f"must be one of {', '.join(STRATEGIES)}")
+        rate = self.replay_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            raise bad("replay_rate", "must be a share of the examples in (0, 1), e.g. 0.1")
+        for key in ("replay_paraphrases", "reedit_reoptimise"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "must be true or false")
+        if self.nullspace_keys not in NULLSPACE_KEYS:
+            raise bad("nullspace_keys", f"must be one of {', '.join(NULLSPACE_KEYS)}")
+        if self.reedit_z not in REEDIT_Z:
+            raise bad("reedit_z", f"must be one of {', '.join(REEDIT_Z)}")
 
 
 def parse_layers(spec: Any) -> str | list[int]:

@@ -96,6 +96,17 @@ def select(model: nn.Module, cfg: FinetuneConfig, edit_manifest: dict[str, Any] 
     return Selection(layers=layers, projections=projections, module_names=names, extra=list(cfg.train_extra))
 
 
+def without_modules(selection: Selection, modules: list[str], why: str) -> Selection:
+    """``selection`` minus the named modules (preserve's freeze); an emptied selection is an error."""
+    drop = set(modules)
+    kept = [n for n in selection.module_names if n not in drop]
+    if not kept and not selection.extra:
+        raise ConfigError(f"{why} leaves nothing to train: every selected module ({', '.join(selection.module_names)}) "
+                          "is one the edit rewrote; select other layers or modules")
+    return Selection(layers=selection.layers, projections=selection.projections, module_names=kept,
+                     extra=selection.extra)
+
+
 def full_trainable_names(model: nn.Module, selection: Selection) -> list[str]:
     """Parameter names full fine-tuning trains: the selected projections' weights and biases (plus extras)."""
     adapter = get_adapter(model)

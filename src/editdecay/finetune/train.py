@@ -244,11 +244,15 @@ def train(
     tracker: DecayTracker | None = None,
     progress: bool = True,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    after_update: Callable[[Callable[[nn.Parameter], torch.Tensor]], None] | None = None,
 ) -> TrainResult:
     """Train ``model``'s parameters that require grad; resume from ``work_dir/checkpoint`` if it is there.
 
     ``eval_model`` is what the tracker scores (the transformers model with any adapters injected);
     ``on_step(step, log_row)`` runs after each optimizer step (tests use it to interrupt a run).
+    ``after_update(resolve)`` runs right after each ``optimizer.step()``, before the step is logged, tracked or
+    checkpointed (preserve's null-space projection); ``resolve(param)`` is the tensor the optimizer updates for
+    a model parameter (its float32 master for bf16 weights, else the parameter itself).
     """
     from tqdm.auto import tqdm
 
@@ -258,6 +262,7 @@ def train(
         raise ConfigError("nothing to train: the layer/module selection matched no parameters")
     master = MasterWeights(named)  # bf16 weights train through float32 masters (finetune/precision.py)
     named = master.named
+    masters = {id(p): m for p, m in master.pairs}
     params = [p for _, p in named]
     device = params[0].device
     unembed = _get(eval_model or model, get_adapter(eval_model or model).unembed)
@@ -319,6 +324,8 @@ def train(
                             torch.stack([p.grad.norm() for p in params if p.grad is not None])))
                     updating = True
                     optimizer.step()
+                    if after_update is not None:
+                        after_update(lambda p: masters.get(id(p), p))
                     master.master_to_model()
                     optimizer.zero_grad(set_to_none=True)
                 else:  # every example of this step was cut inside its prompt: nothing to learn from
