@@ -166,7 +166,7 @@ def test_plan_command_prints_runs_shared_stages_and_estimate(capsys):
     assert main(["plan", str(TINY)]) == 0
     out = capsys.readouterr().out
     assert "4 run(s)" in out
-    assert "19 distinct (36 without sharing); 11 shared by 2+ runs" in out
+    assert "20 distinct (40 without sharing); 12 shared by 2+ runs" in out
     assert "estimated work" in out
 
 

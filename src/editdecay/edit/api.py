@@ -199,17 +199,9 @@ def edit(
 
 def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], sign: int = 1) -> None:
     """``W += sign * delta`` for every saved delta (sign=-1 undoes an edit)."""
-    if sign not in (1, -1):
-        raise ConfigError(f"sign must be +1 or -1, got {sign}")
-    params = dict(model.named_parameters())
-    for name, delta in deltas.items():
-        if name not in params:
-            raise ModelError(f"delta for {name!r}: the model has no such parameter")
-        p = params[name]
-        if tuple(p.shape) != tuple(delta.shape):
-            raise ModelError(f"delta for {name!r} has shape {tuple(delta.shape)}, the parameter {tuple(p.shape)}")
-        with torch.no_grad():
-            p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=sign)
+    from editdecay.artifacts import apply_deltas as apply
+
+    apply(model, deltas, sign=sign)
 
 
 def save_deltas(path: str | os.PathLike, deltas: dict[str, torch.Tensor]) -> None:
@@ -285,7 +277,8 @@ def edit_to_folder(
                   checkpoint_dir=checkpoint_dir, targets_cache=targets_cache)
     t = time.perf_counter()
     try:
-        resolved = str(resolve_model(model_name_or_path))
+        resolved = resolve_model(model_name_or_path)
+        resolved = str(resolved.resolve()) if isinstance(resolved, Path) else str(resolved)
     except Exception:  # noqa: BLE001 - a hub id or a model passed in: record the name as given
         resolved = str(model_name_or_path)
     with atomic_dir(out_dir) as tmp:

@@ -45,21 +45,27 @@ AXES = {  # YAML key -> the run field it fills
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",
 }
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
-                        "model_info", "stats"}
+                        "model_info", "stats", "keep"}
+KEEP_KINDS = ("edit", "finetune")
 EVALUATE_KEYS = {"downstream": None, "limit": 20, "seed": 0, "mode": "loglik", "batch_size": 32, "fluency": False}
 EDIT_AXES = ("model", "method", "edit_data", "n_edits", "seed")  # what an edit may depend on
-RESOURCE_KINDS = ("stats", "base", "edit", "finetune", "evaluate")
+RESOURCE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
 TINY_PREFIX = "tiny:"
 # the edit hyperparameters that decide the second-moment statistics: one stats stage serves every edit
 # (MEMIT and AlphaEdit, any number of edits) that agrees on these
 STATS_KEYS = ("layers", "mom2_dataset", "mom2_n_tokens", "mom2_seq_len", "mom2_dtype")
+# the edit hyperparameters that decide the target values z (with the model, records and seed, which picks the
+# context templates): one targets stage serves MEMIT and AlphaEdit alike, whatever their update settings
+TARGET_KEYS = ("layers", "context_template_length_params", "v_lr", "v_num_grad_steps", "v_loss_layer",
+               "v_weight_decay", "clamp_norm_factor", "kl_factor", "v_early_stop_loss", "fact_token", "z_batch_size",
+               "z_prefix_cache")
 # rough 2-core-CPU costs of SmolLM2-135M, scaled by parameter count for other models (plan estimates only).
-# edit_s_per_edit: MEMIT's 25-step target optimisation with 5 context templates (~300 CPU-s for 10 edits,
-# measured on configs/demo.yaml); train tokens/s: LoRA steps of batch 4 (forward + backward + optimiser)
+# targets_s_per_edit: the 25-step target optimisation with the context templates (8.4 s/edit, batched, one thread:
+# benchmarks/bench_edit.py); update_s_per_edit: keys and the layer-by-layer solve (~50 s per 100 edits); train tokens/s: LoRA steps of batch 4 (forward + backward + optimiser)
 COST = {"stage_overhead_s": 2.0, "base_s": 3.0, "tokens_per_s": 530.0, "train_tokens_per_s": 60.0,
-        "edit_s_per_edit": 15.0, "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
+        "targets_s_per_edit": 8.4, "update_s_per_edit": 0.5, "eval_tokens_per_record": 120, "downstream_tokens_per_item": 400}
 SMOLLM2_PARAMS = 135e6
 
 
@@ -147,6 +153,7 @@ class Grid:
     resources: dict[str, dict[str, float]]
     model_info: dict[str, dict[str, Any]]  # model -> {"num_layers", "params"} (read from config.json)
     workdir: str | None = None
+    keep: tuple[str, ...] = ()  # stage kinds that keep a full model copy ("edit", "finetune")
     raw: dict[str, Any] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)  # model -> its transformers config (or a table key)
     _edit_cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -313,8 +320,14 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
     if res_raw:
         raise _err(path, f"resources.{sorted(res_raw)[0]}", f"unknown stage kind; allowed: {', '.join(RESOURCE_KINDS)}")
 
+    keep = _as_list(path, "keep", raw["keep"]) if raw.get("keep") not in (None, []) else []
+    bad_keep = [k for k in keep if k not in KEEP_KINDS]
+    if bad_keep:
+        raise _err(path, "keep", f"{bad_keep[0]!r} is not a stage kind that stores a model; allowed: "
+                   f"{', '.join(KEEP_KINDS)} (edit stages store deltas, LoRA/DoRA stages adapters, unless kept)")
     grid = Grid(name=name, path=path, axes=axes, edit=edit, finetune=finetune, evaluate=evaluate,
-                overrides=overrides, resources=resources, model_info=model_info, workdir=raw.get("workdir"), raw=raw)
+                overrides=overrides, resources=resources, model_info=model_info, workdir=raw.get("workdir"),
+                keep=tuple(keep), raw=raw)
 
     # every fine-tuning setting combination must make a valid FinetuneConfig (typos fail here, before work)
     for values in grid.runs_values():
@@ -543,12 +556,17 @@ def expand(grid: Grid) -> Plan:
             model_cfg["tiny"] = _tiny_size(grid.model_info.get(model, {}))
         base = add(make_stage("base", model_cfg, {}, res["base"]), seen)
         stats = add(make_stage("stats", {k: edit_hp[k] for k in STATS_KEYS}, {"model": base}, res["stats"]), seen)
+        z_cfg = {k: edit_hp.get(k) for k in TARGET_KEYS}
+        targets = add(make_stage("targets", {"edit_data": data, "n_edits": n, "records_hash": records_hash,
+                                             "z": z_cfg, "seed": values["seed"]}, {"model": base}, res["targets"]), seen)
         edit = add(make_stage("edit", {"method": values["method"], "edit_data": data, "n_edits": n,
-                                       "records_hash": records_hash, "hparams": edit_hp, "seed": values["seed"]},
-                              {"model": base, "stats": stats}, res["edit"]), seen)
-        ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False},
+                                       "records_hash": records_hash, "hparams": edit_hp, "seed": values["seed"],
+                                       "keep_model": "edit" in grid.keep},
+                              {"model": base, "stats": stats, "targets": targets}, res["edit"]), seen)
+        keep_ft = "finetune" in grid.keep
+        ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft},
                                  {"model": base}, res["finetune"]), seen)
-        ft_edit = add(make_stage("finetune", {"finetune": ft_config, "track_edits": True},
+        ft_edit = add(make_stage("finetune", {"finetune": ft_config, "track_edits": True, "keep_model": keep_ft},
                                  {"model": edit}, res["finetune"]), seen)
         groups = {}
         for grp, src in (("M", base), ("M_ft", ft_base), ("M_ed", edit), ("M_ed_ft", ft_edit)):
@@ -556,7 +574,7 @@ def expand(grid: Grid) -> Plan:
         run_config = {"values": values, "edit": edit_hp, "finetune": ft_config, "evaluate": grid.evaluate}
         run = Run(run_id=f"run-{stable_hash({'grid': grid.name, **run_config})}", values=values,
                   edit_hparams=edit_hp, finetune=ft_config,
-                  stages={"base": base, "stats": stats, "edit": edit, "finetune_base": ft_base, "finetune_edit": ft_edit,
+                  stages={"base": base, "stats": stats, "targets": targets, "edit": edit, "finetune_base": ft_base, "finetune_edit": ft_edit,
                           **{f"eval_{g}": s for g, s in groups.items()}},
                   groups=groups)
         runs.append(run)
@@ -595,8 +613,10 @@ def _estimate_work(spec: StageSpec, scale: float) -> float:
         return COST["base_s"]
     if spec.kind == "stats":
         return scale * cfg["mom2_n_tokens"] / COST["tokens_per_s"]
+    if spec.kind == "targets":
+        return scale * cfg["n_edits"] * COST["targets_s_per_edit"]
     if spec.kind == "edit":
-        return scale * cfg["n_edits"] * COST["edit_s_per_edit"]
+        return scale * cfg["n_edits"] * COST["update_s_per_edit"]
     if spec.kind == "finetune":
         ft = cfg["finetune"]
         steps = ft.get("max_steps") or 100

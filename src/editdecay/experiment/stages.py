@@ -96,17 +96,58 @@ def run_stats(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     return {"stats_id": result.stats_id, "n_tokens": result.n_tokens, "keys": result.keys}
 
 
+def target_pool(ctx: StageContext) -> Path:
+    """The work folder's per-request target values: every targets and edit stage of the grid shares them."""
+    return ctx.workdir / "targets"
+
+
+def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
+    """Optimise the target values z of the run's records once, for every update rule that edits them.
+
+    The values go to the work folder's per-request pool (:func:`target_pool`), so a larger edit set reuses the
+    requests it shares with a smaller one; the artifact records what was computed.
+    """
+    from editdecay.edit import core
+    from editdecay.edit.hparams import hparams_from_dict
+    from editdecay.edit.targets_cache import TargetCache
+    from editdecay.models.arch import get_adapter
+    from editdecay.models.registry import load_model
+
+    cfg = spec.config
+    model, tok = load_model(model_source(inputs["model"]))
+    hp = hparams_from_dict("memit", {k: v for k, v in cfg["z"].items() if v is not None})
+    templates = core.context_templates(model, tok, hp.context_template_length_params, cfg["seed"])
+    pool = TargetCache(target_pool(ctx))
+    before = len(pool)
+    requests = [core.Request.from_record(r) for r in _records(spec)]
+    targets = core.compute_targets(model, tok, get_adapter(model), requests, templates, hp, progress=ctx.progress,
+                                   cache=pool)
+    summary = {"n_requests": len(requests), "computed": len(pool) - before, "layer": targets.layer,
+               "target_prob_median": float(sorted(targets.prob)[len(targets.prob) // 2]),
+               "target_prob_min": min(targets.prob)}
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_json(tmp / "targets.json", {**summary, "prob": targets.prob, "steps": targets.steps,
+                                                 "templates": templates})
+    return summary
+
+
 def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
-    """Edit the base model with the run's records; the edit folder (model + deltas + manifest) is the artifact."""
+    """Edit the base model with the run's records; the artifact is the edit folder: deltas + manifest (and the
+    model copy only when the grid keeps edit models). Its target values come from the targets stage's pool."""
+    from editdecay.artifacts import DELTAS, MANIFEST
     from editdecay.edit.api import edit_to_folder
     from editdecay.edit.stats import StatsCache
+    from editdecay.edit.targets_cache import TargetCache
 
-    if (out_dir / "manifest.json").exists() and (out_dir / "config.json").exists():
-        return {"model": ".", "reused": True}
     cfg = spec.config
+    keep = cfg.get("keep_model", False)
+    if (out_dir / MANIFEST).exists() and (out_dir / DELTAS).exists() and (not keep or (out_dir / "config.json").exists()):
+        return {"model": ".", "reused": True}
+    z_cache = TargetCache(target_pool(ctx)) if "targets" in inputs else False
     result = edit_to_folder(model_source(inputs["model"]), _records(spec), out_dir, cfg["method"],
                             hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
-                            progress=ctx.progress, records_source=cfg["edit_data"])
+                            progress=ctx.progress, records_source=cfg["edit_data"], targets_cache=z_cache,
+                            deltas_only=not keep, overwrite=True)
     return {"model": ".", "stats_id": result.stats_id}
 
 
@@ -117,7 +158,8 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     cfg = spec.config
     source = model_source(inputs["model"])
     track = inputs["model"] if cfg["track_edits"] else None
-    finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress)
+    adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
+    finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only)
     return {"model": "."}
 
 
@@ -140,6 +182,7 @@ def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
 STAGE_FUNCTIONS: dict[str, StageFn] = {
     "base": run_base,
     "stats": run_stats,
+    "targets": run_targets,
     "edit": run_edit,
     "finetune": run_finetune,
     "evaluate": run_evaluate,

@@ -22,7 +22,7 @@ from typing import Any
 from editdecay.errors import EditDecayError
 
 SCHEMA_VERSION = 1
-STAGE_KINDS = ("stats", "base", "edit", "finetune", "evaluate")
+STAGE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 STAGE_STATUSES = ("pending", "running", "done", "failed")
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 

@@ -104,6 +104,7 @@ def finetune(
     dtype: Any = None,
     on_step: Any = None,
     preserve_edits: str | os.PathLike | None = None,
+    adapter_only: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune and write the fine-tune folder; return its manifest.
 
@@ -112,7 +113,8 @@ def finetune(
     every ``eval_every`` steps. ``edit_dir``: where 'edited' layers come from when not tracking (default: the
     model folder itself when it is an edit folder). ``preserve_edits``: the edit folder whose edits
     ``cfg.preserve_strategy`` keeps (default: the edit folder found for tracking / 'edited' layers; see
-    editdecay.preserve and docs/preserve.md).
+    editdecay.preserve and docs/preserve.md). ``adapter_only`` (LoRA/DoRA): write the adapter and the
+    manifest but no merged model copy; loading the folder merges the adapter into the model it started from.
     """
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     cfg.validate()
@@ -128,7 +130,7 @@ def finetune(
         model_dir = Path(resolved) if not isinstance(resolved, str) else None
         model, loaded_tok = load_model(model_or_path, device=device, dtype=dtype)
         tokenizer = tokenizer or loaded_tok
-        base_model = str(model_dir or model_or_path)
+        base_model = str(model_dir.resolve() if model_dir is not None else model_or_path)
     else:
         model = model_or_path
         if tokenizer is None:
@@ -224,6 +226,7 @@ def finetune(
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),  # bf16 trains via float32 masters
         "trajectory": TRAJECTORY if tracker is not None else None,
     }
+    manifest["form"] = "adapter" if adapter_only and cfg.type != "full" else "model"
     with atomic_dir(out) as tmp:
         if cfg.type == "full":
             if preserve is not None:
@@ -231,11 +234,13 @@ def finetune(
             model.save_pretrained(tmp)
         else:
             train_module.save_pretrained(tmp / "adapter")
-            merged = train_module.merge_and_unload()
-            if preserve is not None:
-                preserve.after_training(merged, tokenizer, progress)  # reedit writes into the merged weights
-            merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+            if not adapter_only:
+                merged = train_module.merge_and_unload()
+                if preserve is not None:
+                    preserve.after_training(merged, tokenizer, progress)  # reedit writes into the merged weights
+                merged.save_pretrained(tmp)
+        if not manifest["form"] == "adapter":
+            tokenizer.save_pretrained(tmp)
         shutil.copy2(work / LOG, tmp / LOG)
         if tracker is not None:
             shutil.copy2(work / TRAJECTORY, tmp / TRAJECTORY)

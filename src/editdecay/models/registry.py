@@ -185,8 +185,11 @@ def resolve_model(name_or_path: str | os.PathLike, home: Path | None = None, ver
         return folder
     path = Path(text).expanduser()
     if path.exists():
-        if not (path / "config.json").exists():
-            raise ModelError(f"{path} is not a model folder: it has no config.json")
+        from editdecay.artifacts import folder_form
+
+        if folder_form(path) is None:
+            raise ModelError(f"{path} is not a model folder: it has no config.json (nor is it a deltas-only edit "
+                             "folder or an adapter-only fine-tune folder)")
         return path
     if text.startswith((".", "/", "~")) or os.sep in text and text.count("/") != 1:
         raise ModelError(f"model folder {text} does not exist")
@@ -210,6 +213,9 @@ def load_model(
 ):
     """Load (model, tokenizer) from a registered name, a local folder or a hub id; safetensors weights only.
 
+    A deltas-only edit folder or an adapter-only fine-tune folder loads as its base plus the deltas / the merged
+    adapter (:mod:`editdecay.artifacts`).
+
     ``device``: None -> CUDA when present, else CPU; ``dtype``: float32 (default), bfloat16 or float16, by
     name or torch dtype (see :mod:`editdecay.models.device`). The weights are read in ``dtype`` directly.
     """
@@ -218,6 +224,11 @@ def load_model(
     from editdecay.models.device import resolve_device, resolve_dtype
 
     source = resolve_model(name_or_path, home)
+    if isinstance(source, Path) and not (source / "config.json").exists():
+        from editdecay.artifacts import materialize
+
+        return materialize(source, lambda base: load_model(base, device=device, dtype=dtype,
+                                                            trust_remote_code=trust_remote_code, home=home))
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
