@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_edit_tiny import FAST, RECORDS, TEMPLATES, _sharpen
 
 from editdecay.edit import core
 from editdecay.edit.api import edit
 from editdecay.edit.hparams import hparams_from_dict
 from editdecay.edit.targets_cache import TargetCache
 from editdecay.models.arch import get_adapter
-from test_edit_tiny import FAST, RECORDS, TEMPLATES, _sharpen
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

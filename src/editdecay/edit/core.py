@@ -29,8 +29,6 @@ Numerical trouble (non-finite loss, keys or residuals, a singular or ill-conditi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
