@@ -34,6 +34,7 @@ _EXPORTS = {
     "FinetuneConfig": "editdecay.finetune.config",
     # experiments and reports
     "run_grid": "editdecay.experiment.runner",
+    "export_model": "editdecay.experiment.export",
     "load_grid": "editdecay.experiment.grid",
     "write_report": "editdecay.report.api",
 }

@@ -13,7 +13,8 @@ import sys
 from editdecay import __version__
 from editdecay.errors import EditDecayError
 
-COMMANDS = ("models", "data", "edit", "evaluate", "compare", "finetune", "plan", "run", "status", "report", "analyze")
+COMMANDS = ("models", "data", "edit", "evaluate", "compare", "finetune", "plan", "run", "status", "report", "analyze",
+            "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from editdecay.models.device import add_device_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -28,6 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zsre-target", choices=["answers", "alt"], default="answers",
                    help="zsRE edit target: answers[0] (MEMIT/AlphaEdit, default) or alt (EasyEdit)")
     p.add_argument("--stats-dir", help="second-moment cache folder (default: $EDITDECAY_HOME/stats)")
+    p.add_argument("--targets-dir", help="target-value cache folder, shared by every method and edit set "
+                   "(default: $EDITDECAY_HOME/targets)")
+    p.add_argument("--no-targets-cache", action="store_true", help="optimise every target value afresh")
+    p.add_argument("--deltas-only", action="store_true",
+                   help="write only deltas.safetensors + manifest.json (a few MB); every --model loads it as base + "
+                        "deltas, and `editdecay export` turns it into a model folder")
+    add_device_args(p, dtype_note="; keys, z, second moments and solves stay float32/float64")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -80,12 +89,16 @@ def run(args: argparse.Namespace) -> int:
     from editdecay.edit.api import edit_to_folder
     from editdecay.edit.stats import StatsCache
 
+    from editdecay.models.device import apply_device_args
+
+    device, dtype = apply_device_args(args)
     records, source = _load_records(args)
     cache = StatsCache(args.stats_dir) if args.stats_dir else StatsCache.default()
     result = edit_to_folder(
         args.model, records, args.out, method=args.method, hparams=args.hparams, stats_cache=cache,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, overrides=overrides,
-        overwrite=args.overwrite, records_source=source,
+        overwrite=args.overwrite, records_source=source, device=device, dtype=dtype,
+        targets_cache=False if args.no_targets_cache else (args.targets_dir or None), deltas_only=args.deltas_only,
     )
     summary = result.summary()
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
