@@ -9,7 +9,7 @@ import pytest
 from editdecay.cli import build_parser
 from editdecay.cli import main as cli_main
 from editdecay.errors import ConfigError
-from editdecay.util.overrides import parse_override, parse_overrides, parse_value
+from editdecay.util.overrides import load_yaml, parse_override, parse_overrides, parse_value
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -36,6 +36,15 @@ def test_parse_override_keys_and_errors():
     with pytest.raises(ConfigError, match="key before '=' is empty"):
         parse_override("=3")
     assert parse_overrides(["r=4", "r=8", "schedule=cosine"]) == {"r": 8, "schedule": "cosine"}
+
+
+def test_load_yaml_reads_files_like_set():
+    doc = load_yaml("edit:\n  v_lr: 5e-1\n  layers: [4, 5]\n  flag: yes\nlr: 1e-5\n")
+    assert doc == {"edit": {"v_lr": 0.5, "layers": [4, 5], "flag": "yes"}, "lr": 1e-5}
+    import yaml
+
+    with pytest.raises(yaml.YAMLError):
+        load_yaml("a: [1, 2")
 
 
 def test_edit_set_reads_exponent_numbers(make_tiny, tmp_path, capsys):

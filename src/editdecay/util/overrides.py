@@ -16,7 +16,7 @@ import yaml
 
 from editdecay.errors import ConfigError
 
-__all__ = ["parse_override", "parse_overrides", "parse_value"]
+__all__ = ["load_yaml", "parse_override", "parse_overrides", "parse_value"]
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -42,6 +42,14 @@ _CoreLoader.add_implicit_resolver(
 )
 # decimal only: SafeLoader's int constructor reads a leading 0 as octal and accepts 1_000 and 1:20
 _CoreLoader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node)))
+
+
+def load_yaml(text: str) -> Any:
+    """A whole YAML document with the same YAML 1.2 core scalars (``v_lr: 5e-1`` is 0.5); errors propagate.
+
+    For config files (grids, ``--hparams`` YAML) so that a value reads the same in a file as after ``--set``.
+    """
+    return yaml.load(text, Loader=_CoreLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_value(text: str) -> Any:
