@@ -88,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
     from editdecay.edit.api import edit_to_folder
     from editdecay.edit.stats import StatsCache
-
     from editdecay.models.device import apply_device_args
 
     device, dtype = apply_device_args(args)
