@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from test_edit_tiny import FAST, RECORDS
 from transformers import AutoModelForCausalLM
 
 from editdecay.artifacts import folder_form
@@ -16,7 +17,6 @@ from editdecay.edit.targets_cache import TargetCache
 from editdecay.errors import ModelError
 from editdecay.finetune.api import finetune
 from editdecay.models.registry import load_model
-from test_edit_tiny import FAST, RECORDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FT = {"batch_size": 2, "max_length": 48, "warmup_steps": 0, "max_steps": 3, "lr": 1e-2, "r": 4, "alpha": 8}

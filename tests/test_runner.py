@@ -249,3 +249,35 @@ def test_one_runner_per_workdir(tmp_path):
         with pytest.raises(EditDecayError, match="another `editdecay run` is using"):
             with workdir_lock(tmp_path):
                 pass
+
+
+def test_full_finetune_weights_are_dropped_and_recomputed_only_when_an_evaluation_needs_them(tmp_path):
+    """A full fine-tune not kept by the grid is evaluated, then its model copy is deleted; a later run
+    recomputes it only because one of its evaluations went missing, and gets the same numbers."""
+    raw = yaml.safe_load(TINY.read_text())
+    raw.update(methods=["memit"], ft_types=["full"])
+    grid = tmp_path / "full.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    store, work = tmp_path / "r.db", tmp_path / "work"
+    first = run_grid(grid, store, workdir=work, progress=False)
+    assert first.runs == {"done": 1}
+    ft_dirs = sorted((work / "stages" / "finetune").iterdir())
+    assert len(ft_dirs) == 2  # M_ft and M_ed_ft
+    for d in ft_dirs:
+        assert not list(d.glob("model*.safetensors")) and (d / "manifest.json").exists()
+        assert yaml.safe_load((d / MARKER).read_text())["weights"] == "dropped"
+    numbers = all_numbers(store)
+    again = run_grid(grid, store, workdir=work, progress=False)
+    assert again.executed == []  # nothing is missing: the dropped weights are not recomputed
+
+    with Store(store) as db:
+        (eval_id,) = [r["eval_stage_id"] for r in db.query("SELECT eval_stage_id FROM run_groups WHERE grp='M_ed_ft'")]
+    shutil.rmtree(work / "stages" / "evaluate" / eval_id)
+    third = run_grid(grid, store, workdir=work, progress=False)
+    assert sorted(s.split("-")[0] for s in third.executed) == ["evaluate", "finetune"]
+    assert all_numbers(store) == numbers
+    with pytest.raises(EditDecayError, match="keep: \\[finetune\\]"):
+        from editdecay.experiment.export import export_model
+
+        export_model(third.executed[0] if third.executed[0].startswith("finetune") else third.executed[1],
+                     tmp_path / "x", store=store)

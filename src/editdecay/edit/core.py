@@ -555,7 +555,8 @@ def compute_targets(
             chunk = [requests[i] for i in idx]
             on_step = None
             if bar is not None:
-                def on_step(it: int, prob: torch.Tensor, c: int = c) -> None:
+                def on_step(it: int, prob: torch.Tensor, c: int = c, lo: int = lo,
+                            probs_done: list[float] = probs_done) -> None:
                     bar.n = c * max(1, hparams.v_num_grad_steps) + it + 1
                     med = float(torch.cat([torch.tensor(probs_done), prob.cpu()]).median()) if n else 0.0
                     bar.set_postfix_str(f"requests {lo}/{len(todo)}, median target prob {med:.3f}", refresh=False)

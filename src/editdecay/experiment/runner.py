@@ -26,7 +26,17 @@ from typing import Any, Protocol
 
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.grid import Grid, Plan, StageSpec, expand, load_grid
-from editdecay.experiment.stages import MARKER, STAGE_FUNCTIONS, StageContext, StageFn, log, read_outputs
+from editdecay.experiment.stages import (
+    MARKER,
+    STAGE_FUNCTIONS,
+    StageContext,
+    StageFn,
+    drop_weights,
+    is_transient,
+    log,
+    read_outputs,
+    weights_dropped,
+)
 from editdecay.experiment.store import Store
 from editdecay.util.env import library_versions
 from editdecay.util.io import atomic_write_json, read_json
@@ -262,6 +272,7 @@ def run_grid(
                     log(f"cannot adopt {sid} ({exc}); recomputing it")
         if result.adopted:
             log(f"adopted {len(result.adopted)} finished artifact(s) that were not yet recorded")
+        _reopen_transient(plan, db, artifacts, status)
         engine = _make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
         try:
             _execute(plan, db, engine, artifacts, status, result, progress)
@@ -331,6 +342,7 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                         status[sid] = "done"
                         result.executed.append(sid)
                         log(f"done  {sid} ({outcome['seconds']:.1f} s)")
+                        _drop_finished_transients(plan, spec, artifacts, status)
                     except EditDecayError as exc:
                         outcome = {**outcome, "status": "failed", "error": str(exc)}
                 if outcome["status"] == "failed":
@@ -343,6 +355,32 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                 db.refresh_runs()
     finally:
         bar.close()
+
+
+def _dependents(plan: Plan, sid: str) -> list[str]:
+    return [other for other, spec in plan.stages.items() if sid in spec.deps.values()]
+
+
+def _drop_finished_transients(plan: Plan, finished: StageSpec, artifacts: dict[str, Path],
+                              status: dict[str, str]) -> None:
+    """Once every stage reading a transient full fine-tune is done, its model copy is deleted."""
+    for dep in set(finished.deps.values()) | {finished.stage_id}:
+        spec = plan.stages[dep]
+        if not is_transient(spec) or status.get(dep) != "done" or weights_dropped(artifacts[dep]):
+            continue
+        if all(status.get(d) == "done" for d in _dependents(plan, dep)):
+            freed = drop_weights(artifacts[dep])
+            log(f"dropped the weights of {dep} ({freed / 2**20:.0f} MiB): its evaluations are done")
+
+
+def _reopen_transient(plan: Plan, db: Store, artifacts: dict[str, Path], status: dict[str, str]) -> None:
+    """A transient fine-tune whose weights are gone runs again only if a stage reading it is not done."""
+    for sid, spec in plan.stages.items():
+        if status[sid] == "done" and is_transient(spec) and weights_dropped(artifacts[sid]):
+            if any(status[d] != "done" for d in _dependents(plan, sid)):
+                log(f"{sid}: its weights were dropped and an evaluation of it is missing; fine-tuning it again")
+                db.reset_stage(sid)
+                status[sid] = "pending"
 
 
 def _capacity(engine: Backend) -> int:

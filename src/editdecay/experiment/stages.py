@@ -40,6 +40,9 @@ StageFn = Callable[[StageSpec, dict[str, Path], Path, StageContext], dict[str, A
 def model_source(artifact: Path) -> str:
     """The model a (base/edit/finetune) artifact stands for: the folder itself or the path its marker names."""
     marker = read_json(artifact / MARKER)
+    if marker.get("weights") == "dropped":
+        raise ConfigError(f"{artifact}: this full fine-tune's weights were not kept once its evaluations were done; "
+                          "add `keep: [finetune]` to the grid and run it again to keep them")
     model = marker.get("model")
     if model is None:
         raise ConfigError(f"{artifact / MARKER}: stage artifact does not name a model")
@@ -151,11 +154,40 @@ def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     return {"model": ".", "stats_id": result.stats_id}
 
 
+def is_transient(spec: StageSpec) -> bool:
+    """A full fine-tune the grid does not keep: its weights live only until every evaluation of it is done."""
+    return spec.kind == "finetune" and spec.config["finetune"].get("type") == "full" and \
+        not spec.config.get("keep_model", True)
+
+
+def drop_weights(artifact: Path) -> int:
+    """Delete a transient fine-tune's model files (manifest, log and trajectory stay); bytes freed."""
+    freed = 0
+    for name in ("config.json", "generation_config.json", "model.safetensors.index.json"):
+        if (artifact / name).exists():
+            freed += (artifact / name).stat().st_size
+            (artifact / name).unlink()
+    for path in artifact.glob("model*.safetensors"):
+        freed += path.stat().st_size
+        path.unlink()
+    marker = read_json(artifact / MARKER)
+    atomic_write_json(artifact / MARKER, {**marker, "weights": "dropped"})
+    return freed
+
+
+def weights_dropped(artifact: Path) -> bool:
+    return (artifact / MARKER).exists() and read_json(artifact / MARKER).get("weights") == "dropped"
+
+
 def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
     """Fine-tune the input model; with ``track_edits`` the input is an edit folder whose records are tracked."""
+    import shutil
+
     from editdecay.finetune.api import finetune
 
     cfg = spec.config
+    if out_dir.exists() and not (out_dir / "config.json").exists() and not (out_dir / "adapter").exists():
+        shutil.rmtree(out_dir)  # a transient fine-tune whose weights were dropped: an evaluation needs them again
     source = model_source(inputs["model"])
     track = inputs["model"] if cfg["track_edits"] else None
     adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
