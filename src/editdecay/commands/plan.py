@@ -1,4 +1,5 @@
-"""`editdecay plan GRID.yaml`: validate a grid and show its runs, the stages they share, and a work estimate."""
+"""`editdecay plan GRID.yaml`: validate a grid and show its runs, the stages they share, and estimates of work,
+peak memory and disk per stage kind, checked against the declared resources and this machine."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("plan", help="validate a grid file; print its runs, shared stages and a work estimate")
+    p = sub.add_parser("plan", help="validate a grid file; print its runs, shared stages and estimates of work, "
+                       "memory and disk (exit 1 when a stage would not fit: editdecay run refuses it)")
     p.add_argument("grid", help="grid YAML file (see configs/)")
     p.add_argument("--runs", type=int, default=50, help="print at most this many runs (default 50; 0: all)")
+    p.add_argument("--no-machine-check", action="store_true",
+                   help="check memory only against the grid's resources, not this machine (planning for a cluster)")
+    p.add_argument("--costs", action="store_true", help="also print the parts of each stage kind's largest estimate")
     p.set_defaults(handler=run)
 
 
@@ -20,7 +25,16 @@ def _fmt_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _fmt_bytes(b: float) -> str:
+    if b < 1e6:
+        return f"{b / 1024:.0f} KB"
+    if b < 1024 ** 3:
+        return f"{b / 1024 ** 2:.0f} MB"
+    return f"{b / 1024 ** 3:.1f} GB"
+
+
 def run(args: argparse.Namespace) -> int:
+    from editdecay.experiment.cost import by_kind, check_plan_resources, estimate_plan, stage_dtype
     from editdecay.experiment.runner import plan_grid
 
     plan = plan_grid(args.grid)
@@ -39,12 +53,35 @@ def run(args: argparse.Namespace) -> int:
     naive = sum(len(set(r.stages.values())) for r in plan.runs)
     print(f"\nstages: {len(plan.stages)} distinct ({naive} without sharing); {plan.shared} shared by 2+ runs")
     est = plan.estimate_seconds()
-    print(f"{'kind':<10} {'stages':>6} {'shared':>6} {'est. time':>10}")
-    for kind in ("base", "stats", "edit", "finetune", "evaluate"):
+    costs = estimate_plan(plan)
+    kinds = by_kind(costs)
+    print(f"{'kind':<10} {'stages':>6} {'shared':>6} {'est. time':>10} {'peak memory':>12} {'disk':>10}  dtype")
+    order = ["base", "stats", "targets", "edit", "finetune", "evaluate"]
+    for kind in order + sorted({spec.kind for spec in plan.stages.values()} - set(order)):
         ids = [s for s, spec in plan.stages.items() if spec.kind == kind]
         if ids:
             shared = sum(1 for s in ids if plan.stage_uses[s] > 1)
-            print(f"{kind:<10} {len(ids):>6} {shared:>6} {_fmt_seconds(est.get(kind, 0.0)):>10}")
+            k = kinds[kind]
+            dtypes = sorted({stage_dtype(plan.stages[s], grid) for s in ids})
+            print(f"{kind:<10} {len(ids):>6} {shared:>6} {_fmt_seconds(est.get(kind, 0.0)):>10} "
+                  f"{_fmt_bytes(k['peak']):>12} {_fmt_bytes(k['disk']):>10}  {','.join(dtypes)}")
     print(f"estimated work: {_fmt_seconds(sum(est.values()))} on a 2-core CPU (rough: per-stage cost constants "
           "scaled by model size)")
+    print(f"estimated disk: {_fmt_bytes(sum(c.disk for c in costs))} in all; peak memory is the largest stage of "
+          "each kind (upper-bound sums: editdecay.experiment.cost)")
+    notes = sorted({n for c in costs for n in c.notes})
+    for note in notes:
+        print(f"note: {note}")
+    if args.costs:
+        for kind, k in kinds.items():
+            worst = k["worst"]
+            print(f"\n{kind} (largest: {worst.stage_id}, {worst.model}):")
+            for part, value in worst.parts.items():
+                print(f"  {part:<40} {_fmt_bytes(value):>10}")
+    problems = check_plan_resources(plan, workdir=grid.workdir, check_machine=not args.no_machine_check, costs=costs)
+    if problems:
+        print(f"\n{len(problems)} problem(s): editdecay run refuses this grid until they are fixed")
+        for p in problems:
+            print(f"  {p}")
+        return 1
     return 0
