@@ -143,7 +143,9 @@ def finetune(
                      dtype=resolve_dtype(dtype) if dtype is not None else None)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    edit_manifest, edit_manifest_path = _edit_manifest(track_edits, edit_dir, model_dir)
+    # the edit folder being preserved also tells which layers are 'edited'
+    edit_manifest, edit_manifest_path = _edit_manifest(track_edits, edit_dir if edit_dir is not None else
+                                                       preserve_edits, model_dir)
     records = _tracked_records(edit_manifest, edit_manifest_path) if track_edits is not None else None
     if cfg.downstream_tasks and records is None:
         raise ConfigError("downstream_tasks are evaluated by the decay tracker: pass --track-edits too")
