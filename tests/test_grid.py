@@ -176,3 +176,58 @@ def test_plan_command_reports_config_errors_without_traceback(tmp_path, capsys):
     assert main(["plan", str(write(tmp_path, raw))]) == 1
     err = capsys.readouterr().err
     assert "unknown method 'rome'" in err and "Traceback" not in err
+
+
+def test_one_targets_stage_serves_both_methods_and_edit_stages_store_deltas():
+    plan = expand(load_grid(TINY))
+    targets = [s for s in plan.stages.values() if s.kind == "targets"]
+    assert len(targets) == 1
+    edits = [s for s in plan.stages.values() if s.kind == "edit"]
+    assert {e.deps["targets"] for e in edits} == {targets[0].stage_id}
+    assert all(e.config["keep_model"] is False for e in edits)
+    # changing an update-rule setting (λ) keeps the targets stage; changing a z setting makes a new one
+    raw = tiny_raw()
+    raw["edit"]["mom2_update_weight"] = 777.0
+    assert [s.stage_id for s in expand(parse_grid(raw, "g")).stages.values() if s.kind == "targets"] == \
+        [targets[0].stage_id]
+    raw["edit"]["clamp_norm_factor"] = 1.5
+    assert [s.stage_id for s in expand(parse_grid(raw, "g")).stages.values() if s.kind == "targets"] != \
+        [targets[0].stage_id]
+
+
+def test_slices_make_the_union_of_products_and_share_stages(tmp_path):
+    raw = tiny_raw()
+    raw["slices"] = [{"ft_types": ["lora", "full"]},           # the base product: 2 methods x 2 types
+                     {"ft_types": ["lora"], "seeds": [0, 1]},  # seed 0 overlaps the first slice
+                     {"methods": ["memit"], "layers": ["all"], "ft_types": ["dora"]}]
+    plan = expand(parse_grid(raw, "g"))
+    combos = {(r.values["method"], r.values["ft_type"], r.values["seed"], str(r.values["layers"])) for r in plan.runs}
+    assert len(plan.runs) == len(combos) == 4 + 2 + 1  # the overlapping seed-0 LoRA runs are counted once
+    assert ("memit", "dora", 0, "all") in combos and ("alphaedit", "lora", 1, "edited") in combos
+    # one edit per method, shared across slices and seeds (the study edits once; only fine-tuning seeds vary)
+    assert sum(1 for s in plan.stages.values() if s.kind == "edit") == 2
+    raw["slices"] = [{"ft_typo": ["lora"]}]
+    with pytest.raises(ConfigError, match=r"slices\[0\]\.ft_typo.*unknown key"):
+        parse_grid(raw, "g")
+    raw["slices"] = [{"ft_types": ["lorra"]}]
+    with pytest.raises(ConfigError, match=r"slices\[0\].*lorra"):
+        parse_grid(raw, "g")
+
+
+def test_groups_key_skips_the_unedited_fine_tune_and_keep_is_checked():
+    raw = tiny_raw()
+    raw["groups"] = ["M", "M_ed", "M_ed_ft"]
+    plan = expand(parse_grid(raw, "g"))
+    kinds = [s.kind for s in plan.stages.values()]
+    assert kinds.count("finetune") == 4 and kinds.count("evaluate") == 1 + 2 + 4
+    assert all(set(r.groups) == {"M", "M_ed", "M_ed_ft"} for r in plan.runs)
+    raw["groups"] = ["M", "M_ft"]
+    with pytest.raises(ConfigError, match="must include M_ed, M_ed_ft"):
+        parse_grid(raw, "g")
+    raw["groups"] = ["M_ed", "M_ed_ft"]
+    raw["keep"] = ["stats"]
+    with pytest.raises(ConfigError, match="'keep'.*not a stage kind that stores a model"):
+        parse_grid(raw, "g")
+    raw["keep"] = ["finetune"]
+    plan = expand(parse_grid(raw, "g"))
+    assert all(s.config["keep_model"] for s in plan.stages.values() if s.kind == "finetune")

@@ -26,6 +26,11 @@ A grid file (see configs/tiny.yaml for a small complete one)::
     overrides:                      # applied in order where every `when` key matches the run
       - when: {method: alphaedit}
         edit: {nullspace_threshold: 0.02}
+    slices:                         # optional: the runs are the union of these products, each entry
+      - {ft_types: [lora, full]}    # replacing some of the axes above (a study that is not one product)
+      - {ft_data: [hotpotqa], ft_types: [lora]}
+    keep: [finetune]                # optional: stages that keep a full model copy (default: edit stages keep
+                                    # deltas, LoRA/DoRA adapters, full fine-tunes drop theirs once evaluated)
 """
 
 from __future__ import annotations
@@ -45,10 +50,15 @@ AXES = {  # YAML key -> the run field it fills
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",
 }
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
-                        "model_info", "stats", "keep"}
+                        "model_info", "stats", "keep", "slices", "groups"}
 KEEP_KINDS = ("edit", "finetune")
+GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
+REQUIRED_GROUPS = ("M_ed", "M_ed_ft")  # decay is M_ed -> M_ed_ft: every run measures these
 EVALUATE_KEYS = {"downstream": None, "limit": 20, "seed": 0, "mode": "loglik", "batch_size": 32, "fluency": False}
-EDIT_AXES = ("model", "method", "edit_data", "n_edits", "seed")  # what an edit may depend on
+# what an edit may depend on. Not the seed: the study edits once and varies only the fine-tuning seed, so every
+# seed of a run fine-tunes the same edited model (the context templates use EDIT_SEED)
+EDIT_AXES = ("model", "method", "edit_data", "n_edits")
+EDIT_SEED = 0
 RESOURCE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
@@ -154,14 +164,21 @@ class Grid:
     model_info: dict[str, dict[str, Any]]  # model -> {"num_layers", "params"} (read from config.json)
     workdir: str | None = None
     keep: tuple[str, ...] = ()  # stage kinds that keep a full model copy ("edit", "finetune")
+    slices: list[dict[str, list[Any]]] = field(default_factory=list)  # each: the axes of one product
+    groups: tuple[str, ...] = GROUPS  # which of the four models each run measures
     raw: dict[str, Any] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)  # model -> its transformers config (or a table key)
     _edit_cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def runs_values(self) -> list[dict[str, Any]]:
+        """Every run's axis values: the product of the axes, or the union of the slices' products."""
         keys = list(AXES)
-        return [dict(zip((AXES[k] for k in keys), combo, strict=True))
-                for combo in itertools.product(*(self.axes[k] for k in keys))]
+        out: dict[str, dict[str, Any]] = {}
+        for axes in self.slices or [self.axes]:
+            for combo in itertools.product(*(axes[k] for k in keys)):
+                values = dict(zip((AXES[k] for k in keys), combo, strict=True))
+                out.setdefault(stable_hash(values), values)
+        return list(out.values())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -206,21 +223,11 @@ def _mapping(path: str, key: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Grid:
-    """Validate a loaded grid mapping (see module docstring for the keys)."""
-    from editdecay.finetune.config import FT_TYPES, FinetuneConfig, parse_layers
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a grid file must be a YAML mapping of keys ({', '.join(sorted(TOP_KEYS))})")
-    unknown = sorted(set(map(str, raw)) - TOP_KEYS)
-    if unknown:
-        raise _err(path, unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
-    name = raw.get("name") or Path(path).stem
-    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
-        raise _err(path, "name", "must be a word of letters, digits, '-' and '_'")
+def _parse_axes(path: str, raw: dict[str, Any], model_info: dict[str, Any]) -> dict[str, list[Any]]:
+    """The nine axes of a grid (or of one slice: ``path`` then names it), each a validated list of values."""
+    from editdecay.finetune.config import FT_TYPES, parse_layers
 
     axes: dict[str, list[Any]] = {}
-    model_info = _mapping(path, "model_info", raw.get("model_info"))
     models = []
     for i, m in enumerate(_as_list(path, "models", raw.get("models"))):
         if isinstance(m, dict):  # {name: ..., num_layers: ..., params: ...} for hub ids not on this machine
@@ -272,6 +279,47 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
         keys = [stable_hash(v) for v in values]
         if len(set(keys)) != len(keys):
             raise _err(path, key, f"lists a value twice: {values}")
+
+    return axes
+
+
+def _parse_slices(path: str, raw: dict[str, Any], model_info: dict[str, Any]) -> list[dict[str, list[Any]]]:
+    """``slices:``: each entry replaces some axes of the top-level grid; the runs are the union of the slices'
+    products (a run in two slices is one run), so one file can mirror a study whose grid is not one product."""
+    entries = raw.get("slices")
+    if entries is None:
+        return []
+    if not isinstance(entries, list) or not entries:
+        raise _err(path, "slices", "must be a non-empty list of mappings of axis keys")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _err(path, f"slices[{i}]", f"must be a mapping of axis keys ({', '.join(AXES)})")
+        bad = sorted(set(entry) - set(AXES) - {"name"})
+        if bad:
+            raise _err(path, f"slices[{i}].{bad[0]}", f"unknown key; a slice sets axes: {', '.join(AXES)} (and name)")
+        merged = {**{k: raw[k] for k in AXES if k in raw}, **{k: v for k, v in entry.items() if k != "name"}}
+        out.append(_parse_axes(f"{path}: slices[{i}]", merged, model_info))
+    return out
+
+
+def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Grid:
+    """Validate a loaded grid mapping (see module docstring for the keys)."""
+    from editdecay.finetune.config import FinetuneConfig
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid file must be a YAML mapping of keys ({', '.join(sorted(TOP_KEYS))})")
+    unknown = sorted(set(map(str, raw)) - TOP_KEYS)
+    if unknown:
+        raise _err(path, unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    name = raw.get("name") or Path(path).stem
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise _err(path, "name", "must be a word of letters, digits, '-' and '_'")
+
+    model_info = _mapping(path, "model_info", raw.get("model_info"))
+    axes = _parse_axes(path, raw, model_info)
+    slices = _parse_slices(path, raw, model_info)
+    models = list(dict.fromkeys([*axes["models"], *(m for sl in slices for m in sl["models"])]))
 
     edit = _mapping(path, "edit", raw.get("edit"))
     finetune = _mapping(path, "finetune", raw.get("finetune"))
@@ -325,9 +373,16 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
     if bad_keep:
         raise _err(path, "keep", f"{bad_keep[0]!r} is not a stage kind that stores a model; allowed: "
                    f"{', '.join(KEEP_KINDS)} (edit stages store deltas, LoRA/DoRA stages adapters, unless kept)")
+    groups = _as_list(path, "groups", raw["groups"]) if "groups" in raw else list(GROUPS)
+    bad_groups = [g for g in groups if g not in GROUPS]
+    if bad_groups:
+        raise _err(path, "groups", f"unknown group {bad_groups[0]!r}; allowed: {', '.join(GROUPS)}")
+    missing = [g for g in REQUIRED_GROUPS if g not in groups]
+    if missing:
+        raise _err(path, "groups", f"must include {', '.join(REQUIRED_GROUPS)} (decay is measured between them)")
     grid = Grid(name=name, path=path, axes=axes, edit=edit, finetune=finetune, evaluate=evaluate,
                 overrides=overrides, resources=resources, model_info=model_info, workdir=raw.get("workdir"),
-                keep=tuple(keep), raw=raw)
+                keep=tuple(keep), slices=slices, groups=tuple(g for g in GROUPS if g in groups), raw=raw)
 
     # every fine-tuning setting combination must make a valid FinetuneConfig (typos fail here, before work)
     for values in grid.runs_values():
@@ -336,7 +391,7 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
             FinetuneConfig.from_dict({**cfg, "layers": "all"})
         except ConfigError as exc:
             raise ConfigError(f"{path}: 'finetune': {exc}") from None
-    for d in axes["ft_data"]:
+    for d in dict.fromkeys([*axes["ft_data"], *(d for sl in slices for d in sl["ft_data"])]):
         _check_ft_data(path, d)
     if check_models:
         for m in models:
@@ -558,23 +613,27 @@ def expand(grid: Grid) -> Plan:
         stats = add(make_stage("stats", {k: edit_hp[k] for k in STATS_KEYS}, {"model": base}, res["stats"]), seen)
         z_cfg = {k: edit_hp.get(k) for k in TARGET_KEYS}
         targets = add(make_stage("targets", {"edit_data": data, "n_edits": n, "records_hash": records_hash,
-                                             "z": z_cfg, "seed": values["seed"]}, {"model": base}, res["targets"]), seen)
+                                             "z": z_cfg, "seed": EDIT_SEED}, {"model": base}, res["targets"]), seen)
         edit = add(make_stage("edit", {"method": values["method"], "edit_data": data, "n_edits": n,
-                                       "records_hash": records_hash, "hparams": edit_hp, "seed": values["seed"],
+                                       "records_hash": records_hash, "hparams": edit_hp, "seed": EDIT_SEED,
                                        "keep_model": "edit" in grid.keep},
                               {"model": base, "stats": stats, "targets": targets}, res["edit"]), seen)
         keep_ft = "finetune" in grid.keep
-        ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft},
-                                 {"model": base}, res["finetune"]), seen)
+        ft_base = None
+        if "M_ft" in grid.groups:
+            ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft},
+                                     {"model": base}, res["finetune"]), seen)
         ft_edit = add(make_stage("finetune", {"finetune": ft_config, "track_edits": True, "keep_model": keep_ft},
                                  {"model": edit}, res["finetune"]), seen)
         groups = {}
         for grp, src in (("M", base), ("M_ft", ft_base), ("M_ed", edit), ("M_ed_ft", ft_edit)):
-            groups[grp] = add(make_stage("evaluate", evaluation, {"model": src}, res["evaluate"]), seen)
+            if grp in grid.groups:
+                groups[grp] = add(make_stage("evaluate", evaluation, {"model": src}, res["evaluate"]), seen)
         run_config = {"values": values, "edit": edit_hp, "finetune": ft_config, "evaluate": grid.evaluate}
         run = Run(run_id=f"run-{stable_hash({'grid': grid.name, **run_config})}", values=values,
                   edit_hparams=edit_hp, finetune=ft_config,
-                  stages={"base": base, "stats": stats, "targets": targets, "edit": edit, "finetune_base": ft_base, "finetune_edit": ft_edit,
+                  stages={"base": base, "stats": stats, "targets": targets, "edit": edit, "finetune_edit": ft_edit,
+                          **({"finetune_base": ft_base} if ft_base else {}),
                           **{f"eval_{g}": s for g, s in groups.items()}},
                   groups=groups)
         runs.append(run)
