@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from editdecay.models.device import add_device_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="analyses of edited and fine-tuned models (activation shift)")
@@ -15,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--layers", help="layers to analyse, e.g. 4,5,6 or 4-6 (default: the edited layers)")
     s.add_argument("--n", type=int, help="analyse only the first N edit records")
     s.add_argument("--batch-size", type=int, default=16)
+    add_device_args(s, what="the three models")
     s.add_argument("--out", metavar="FILE", help="write the per-layer and per-record results as JSON")
     p.set_defaults(handler=run, analyze_parser=p)
 
@@ -34,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
     from editdecay.util.layers import parse_layer_list
 
     layers = parse_layer_list(args.layers) if args.layers else None
+    from editdecay.models.device import apply_device_args
+
+    device, dtype = apply_device_args(args)
     result = activation_shift(args.base, args.edited, args.finetuned, layers=layers, n=args.n,
+                              device=device, dtype=dtype,
                               batch_size=args.batch_size)
     print(format_shift(result))
     if args.out:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from editdecay.models.device import add_device_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="measure edit metrics per record, downstream accuracy and perplexity")
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fluency", action="store_true", help="n-gram entropy of generations (records with generation prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    add_device_args(p)
     p.add_argument("--out", required=True, help="evaluation JSON to write (atomically)")
     p.set_defaults(handler=run)
 
@@ -45,15 +48,18 @@ def summary_lines(result: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from editdecay.errors import ConfigError
     from editdecay.evaluate.api import evaluate_model
+    from editdecay.models.device import apply_device_args
     from editdecay.util.io import atomic_write_json
 
     for name in ("n", "limit", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    device, dtype = apply_device_args(args)
     result = evaluate_model(args.model, data=args.data, records=args.records, n=args.n, downstream=args.downstream,
                             limit=args.limit, seed=args.seed, mode=args.mode, batch_size=args.batch_size,
-                            progress=True, fluency=args.fluency, perplexity_text=args.perplexity)
+                            progress=True, fluency=args.fluency, perplexity_text=args.perplexity,
+                            device=device, dtype=dtype)
     atomic_write_json(args.out, result)
     for line in summary_lines(result):
         print(line)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from editdecay.models.device import add_device_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,9 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, help="tokens per example, prompt + response (default 256)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other FinetuneConfig setting, e.g. --set r=16 --set schedule=cosine (repeatable)")
-    p.add_argument("--device", help="torch device (default: where the model loads, CPU)")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (on a machine shared with other jobs, 1 can be several times faster)")
+    add_device_args(p, dtype_note="; bfloat16 trains through float32 master weights and optimizer state")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an output folder holding a different run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,20 +60,15 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.errors import ConfigError
     from editdecay.finetune.api import finetune
     from editdecay.finetune.config import FinetuneConfig
+    from editdecay.models.device import apply_device_args
 
     cfg = FinetuneConfig.from_dict(config_from_args(args))
-    if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads}: must be at least 1")
-        torch.set_num_threads(args.threads)
+    device, dtype = apply_device_args(args)  # on a machine shared with other jobs, --threads 1 can be faster
     manifest = finetune(args.model, cfg, args.out, track_edits=args.track_edits, overwrite=args.overwrite,
                         preserve_edits=args.preserve_edits,
-                        progress=not args.no_progress, device=args.device)
+                        progress=not args.no_progress, device=device, dtype=dtype)
     loss = manifest["final_loss"]
     print(f"{manifest['type']} fine-tuning: {manifest['steps']} steps, {manifest['n_trained']:,} trained parameters "
           f"in layers {manifest['layers']}, final loss {loss if loss is None else round(loss, 4)} -> {args.out}")

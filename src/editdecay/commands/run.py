@@ -15,11 +15,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="local backend: worker processes (default 1: in-process)")
     p.add_argument("--retry-failed", action="store_true", help="run failed stages again")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", help="default torch device of the stages run here and by local workers (sets "
+                   "$EDITDECAY_DEVICE; default: cuda when present, else cpu); dtype is the grid key 'dtype'")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: every available core, or $OMP_NUM_THREADS)")
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from editdecay.experiment.runner import run_grid
+    from editdecay.models.device import DEVICE_ENV, configure_threads, resolve_device
+
+    if args.device:
+        os.environ[DEVICE_ENV] = str(resolve_device(args.device))  # checked here, inherited by local workers
+    configure_threads(args.threads)
 
     result = run_grid(args.grid, args.store, workdir=args.workdir, backend=args.backend, workers=args.workers,
                       retry_failed=args.retry_failed, progress=not args.no_progress)

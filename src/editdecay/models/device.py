@@ -127,12 +127,12 @@ def model_device(model: Any) -> Any:
     return torch.device("cpu")
 
 
-def add_device_args(parser: Any, *, what: str = "the model") -> None:
+def add_device_args(parser: Any, *, what: str = "the model", dtype_note: str = "") -> None:
     """``--device``, ``--dtype`` and ``--threads`` on a command's parser (one wording for every command)."""
     parser.add_argument("--device", help=f"torch device for {what}: cpu, cuda, cuda:N (default: cuda when present, "
                         f"else cpu; ${DEVICE_ENV} overrides the default)")
     parser.add_argument("--dtype", type=str.lower, choices=DTYPES + tuple(_ALIASES), default=None,
-                        help=f"weights' dtype for {what} (default float32); editing maths stays float32/float64")
+                        help=f"weights' dtype for {what} (default float32){dtype_note}")
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: every available core, or $OMP_NUM_THREADS)")
 

@@ -113,10 +113,12 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetuned: str | os.PathLike,
-                     layers: list[int] | None = None, n: int | None = None, batch_size: int = 16) -> dict[str, Any]:
+                     layers: list[int] | None = None, n: int | None = None, batch_size: int = 16, *,
+                     device: Any = None, dtype: Any = None) -> dict[str, Any]:
     """Compare hidden-state shifts from editing and from fine-tuning at the edited layers (see module doc).
 
     ``edited`` is an edit folder: its manifest.json gives the records (and, by default, the layers).
+    ``device``/``dtype``: where and in what precision the three models are loaded (see models/device.py).
     """
     from editdecay.data.records import EditRecord
     from editdecay.models.registry import load_model
@@ -135,10 +137,10 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
         layers = sorted(int(x) for x in manifest.get("layers", []))
         if not layers:
             raise ConfigError(f"{edited}/manifest.json lists no edited 'layers': pass --layers")
-    m_ed, tok = load_model(edited)
+    m_ed, tok = load_model(edited, device=device, dtype=dtype)
     models = {"edited": m_ed}
     for name, source in (("base", base), ("finetuned", finetuned)):
-        model, other_tok = load_model(source)
+        model, other_tok = load_model(source, device=device, dtype=dtype)
         if other_tok.get_vocab() != tok.get_vocab():
             raise ModelError(f"--{name} {source}: its tokenizer differs from the edited model's; the three models must "
                              "share one tokenizer")

@@ -1,0 +1,128 @@
+"""bfloat16 vs float32 edit of SmolLM2: ES/PS/NS after the edit and peak memory, each dtype in its own process.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_dtype.py --n 30 --mom2-n-tokens 30000
+    # -> benchmarks/results/bench_dtype.json
+
+Each dtype runs in a fresh subprocess (so one's peak does not hide the other's): load SmolLM2 in that dtype,
+compute the second moments and target values from scratch (no cache: a bf16 model has its own), edit with the
+default hyperparameters (MEMIT unless --method), score the edited model on the same CounterFact records.
+Peak memory is the process's peak resident set (ru_maxrss), reported whole and above the baseline measured
+after the imports and before the model loads. The issue's aims: |ES/PS/NS difference| <= 0.02 and
+bf16 peak <= 0.6x float32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bench_dtype.json"
+METRICS = ("efficacy", "paraphrase", "neighborhood")
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from editdecay import api
+    from editdecay.edit.stats import StatsCache
+    from editdecay.models.device import configure_threads
+
+    threads = configure_threads(args.threads)
+    baseline = _maxrss_mb()
+    t0 = time.perf_counter()
+    model, tok = api.load_model(args.model, device="cpu", dtype=args.dtype)
+    load_s = time.perf_counter() - t0
+    after_load = _maxrss_mb()
+    records = api.load_edit_records("counterfact", n=args.n)
+    overrides = {"mom2_n_tokens": args.mom2_n_tokens} if args.mom2_n_tokens else None
+    with tempfile.TemporaryDirectory() as stats_dir:
+        result = api.edit(model, tok, records, method=args.method, overrides=overrides,
+                          stats_cache=StatsCache(stats_dir), targets_cache=False, progress=False)
+    after_edit = _maxrss_mb()
+    t1 = time.perf_counter()
+    scores = api.evaluate_edits(model, tok, records)
+    eval_s = time.perf_counter() - t1
+    return {
+        "dtype": args.dtype,
+        "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "summary": {k: scores["summary"][k] for k in METRICS},
+        "target_prob_median": result.summary()["target_prob_median"],
+        "peak_rss_mb": round(_maxrss_mb(), 1),
+        "peak_rss_after_load_mb": round(after_load, 1),
+        "peak_rss_after_edit_mb": round(after_edit, 1),
+        "baseline_rss_mb": round(baseline, 1),
+        "peak_above_baseline_mb": round(_maxrss_mb() - baseline, 1),
+        "timings_s": {k: round(v, 2) for k, v in {**result.timings, "load": load_s, "evaluate": eval_s}.items()},
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--method", default="memit", choices=("memit", "alphaedit"))
+    p.add_argument("--n", type=int, default=30, help="CounterFact records (the first N)")
+    p.add_argument("--mom2-n-tokens", type=int, default=30000, help="second-moment tokens (0: the default)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", help=argparse.SUPPRESS)
+    p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        Path(args.worker_out).write_text(json.dumps(worker(args)))
+        return 0
+
+    runs = {}
+    started = time.time()
+    for dtype in args.dtypes.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+            out = fh.name
+        cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--worker-out", out, "--model", args.model,
+               "--method", args.method, "--n", str(args.n), "--mom2-n-tokens", str(args.mom2_n_tokens)]
+        if args.threads:
+            cmd += ["--threads", str(args.threads)]
+        print(f"[bench_dtype] {dtype}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True)
+        runs[dtype] = json.loads(Path(out).read_text())
+        os.unlink(out)
+        print(f"[bench_dtype] {dtype}: {runs[dtype]['summary']} peak {runs[dtype]['peak_rss_mb']} MB", file=sys.stderr)
+    report: dict = {
+        "command": "python benchmarks/bench_dtype.py " + " ".join(sys.argv[1:]),
+        "model": args.model, "method": args.method, "n_records": args.n, "mom2_n_tokens": args.mom2_n_tokens,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "seconds": round(time.time() - started, 1),
+        "runs": runs,
+    }
+    if {"float32", "bfloat16"} <= set(runs):
+        a, b = runs["float32"], runs["bfloat16"]
+        diff = {k: round(b["summary"][k] - a["summary"][k], 4) for k in METRICS}
+        report["bf16_minus_fp32"] = diff
+        report["peak_ratio_bf16_over_fp32"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)
+        report["peak_above_baseline_ratio"] = round(b["peak_above_baseline_mb"] / a["peak_above_baseline_mb"], 3)
+        report["aims"] = {"metrics_within_0.02": all(abs(v) <= 0.02 for v in diff.values()),
+                          "peak_at_most_0.6x": report["peak_ratio_bf16_over_fp32"] <= 0.6,
+                          "peak_above_baseline_at_most_0.6x": report["peak_above_baseline_ratio"] <= 0.6}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in report if k != "runs"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
