@@ -330,10 +330,62 @@ def edits_table(res: Results) -> Table:
     return table
 
 
+def preserve_of(res: Results, run: Run) -> str:
+    """The run's edit-preserving strategy: its M_ed_ft fine-tuning stage's ``finetune.preserve_strategy``."""
+    stage = res.edited_ft_stage(run)
+    cfg = stage.config.get("finetune", stage.config) if stage is not None else {}
+    return str(cfg.get("preserve_strategy") or "none") if isinstance(cfg, dict) else "none"
+
+
+def preserve_table(res: Results, seed: int = 0) -> Table:
+    """Each preserve strategy against plain fine-tuning (``none``) of the same configuration."""
+    cols = _key_columns(RUN_KEY) + [Column("preserve", "strategy"), Column("seeds", "seeds", "int"),
+                                    Column("n_ok", "ES ok before", "int"), Column("es_before", "ES M_ed", "pct"),
+                                    Column("es_after", "ES M_ed_ft", "pct"), Column("efr", "EFR ES", "pct"),
+                                    Column("survival", "ES survival", "pct"), Column("survival_lo", "95% CI lo", "pct"),
+                                    Column("downstream", "downstream", "pct"),
+                                    Column("downstream_delta", "Δ downstream vs none (pts)", "num")]
+    table = Table("preserve", "Edit-preserving fine-tuning", "Per configuration, each strategy that keeps edits "
+                  "through fine-tuning (freeze, nullspace, replay, reedit; docs/preserve.md) beside plain "
+                  "fine-tuning (none): efficacy before/after, Edit Flip Ratio and survival of the edits that held "
+                  f"(value > {stats.SUCCESS_THRESHOLD}; bootstrap CI over pooled edits), the M_ed_ft downstream "
+                  "score and its difference from plain fine-tuning in points; mean over seeds.", cols)
+    grouped: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in res.runs:
+        grouped[run.key()][preserve_of(res, run)].append(run)
+    if all(set(by) <= {"none"} for by in grouped.values()):
+        return table
+    order = {"none": 0, "freeze": 1, "nullspace": 2, "replay": 3, "reedit": 4}
+    for key in sorted(grouped, key=lambda t: tuple(str(x) for x in t)):
+        by = grouped[key]
+        plain = _mean(res.downstream_mean(r, "M_ed_ft") for r in by.get("none", []))
+        for strategy in sorted(by, key=lambda s: (order.get(s, 9), s)):
+            runs = sorted(by[strategy], key=lambda r: r.seed)
+            decays = [d for r in runs if (d := run_decay(res, r, "efficacy")) is not None]
+            indicators = [float(v) for r in runs for v in stats.survived(res.per_record(r, "M_ed"),
+                                                                          res.per_record(r, "M_ed_ft"),
+                                                                          "efficacy").values()]
+            down = _mean(res.downstream_mean(r, "M_ed_ft") for r in runs)
+            row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), preserve=strategy, seeds=len(runs))
+            row["n_ok"] = sum(d.n_success_before for d in decays) if decays else None
+            row["es_before"] = _mean(res.summary(r, "M_ed", "efficacy") for r in runs)
+            row["es_after"] = _mean(res.summary(r, "M_ed_ft", "efficacy") for r in runs)
+            row["efr"] = _mean(d.efr for d in decays)
+            row["survival"] = _mean(indicators)
+            row["survival_lo"] = stats.bootstrap_ci(indicators, seed=seed)[0] if indicators else None
+            row["downstream"] = down
+            row["downstream_delta"] = None if down is None or plain is None else 100.0 * (down - plain)
+            table.rows.append(row)
+    return table
+
+
 def all_tables(res: Results, findings_table: Table | None = None, seed: int = 0) -> list[Table]:
     tables = [edit_metrics_table(res), relative_decrease_table(res, "ft_type"), relative_decrease_table(res, "model"),
               efr_table(res, seed=seed), selective_layer_table(res), downstream_table(res),
               decay_tests_table(res), edits_table(res)]
+    preserve = preserve_table(res, seed=seed)
+    if preserve.rows:  # only stores with preserve runs get the table
+        tables.insert(-1, preserve)
     if findings_table is not None:
         tables.insert(0, findings_table)
     return tables

@@ -1,0 +1,78 @@
+"""The preserve comparison table comes from a results store: strategy read from the fine-tuning stage's
+config, EFR and survival counted from the stored per-record metrics, downstream difference against plain FT."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from editdecay.report.load import load_results
+from editdecay.report.tables import all_tables, preserve_table
+
+SCHEMA = """
+CREATE TABLE runs (run_id TEXT PRIMARY KEY, grid TEXT, model TEXT, method TEXT, edit_data TEXT, n_edits INT,
+    ft_type TEXT, layers TEXT, modules TEXT, ft_data TEXT, seed INT, config_json TEXT, status TEXT, created_at REAL);
+CREATE TABLE stages (stage_id TEXT PRIMARY KEY, kind TEXT, status TEXT, config_json TEXT, artifact TEXT, error TEXT,
+    attempts INT, started_at REAL, finished_at REAL, seconds REAL, versions_json TEXT);
+CREATE TABLE run_groups (run_id TEXT, grp TEXT, eval_stage_id TEXT);
+CREATE TABLE metrics (eval_stage_id TEXT, metric TEXT, value REAL);
+CREATE TABLE record_metrics (eval_stage_id TEXT, case_id TEXT, metric TEXT, value REAL);
+CREATE TABLE downstream (eval_stage_id TEXT, task TEXT, accuracy REAL, n INT);
+CREATE TABLE run_stages (run_id TEXT, stage_id TEXT, role TEXT);
+"""
+# per strategy: how many of the 8 edits that held (of 10) still hold after fine-tuning, and the downstream score
+PLANTED = {"none": (4, 0.60), "freeze": (6, 0.59), "reedit": (8, 0.605)}
+
+
+def _store(path, strategies=PLANTED):
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA)
+    cases = [f"c{i}" for i in range(10)]
+
+    def evaluation(sid, efficacy, downstream):
+        conn.execute("INSERT INTO stages (stage_id, kind, status, config_json) VALUES (?,?,?,?)",
+                     (sid, "evaluate", "done", "{}"))
+        for case, value in zip(cases, efficacy, strict=True):
+            conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (sid, case, "efficacy", value))
+        conn.execute("INSERT INTO metrics VALUES (?,?,?)", (sid, "efficacy", sum(efficacy) / len(efficacy)))
+        conn.execute("INSERT INTO downstream VALUES (?,?,?,?)", (sid, "piqa", downstream, 50))
+        return sid
+
+    before = [1.0] * 8 + [0.0] * 2
+    ed = evaluation("eval-ed", before, 0.61)
+    for i, (strategy, (kept, down)) in enumerate(strategies.items()):
+        run = f"run{i}"
+        ft_stage = f"ft-{strategy}"
+        conn.execute("INSERT INTO stages (stage_id, kind, status, config_json) VALUES (?,?,?,?)",
+                     (ft_stage, "finetune", "done", json.dumps({"finetune": {"type": "lora",
+                                                                            "preserve_strategy": strategy}})))
+        after = evaluation(f"eval-{strategy}", [1.0] * kept + [0.0] * (10 - kept), down)
+        conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (run, "g", "smollm2-135m", "memit", "counterfact", 10, "lora", "all", "attn,mlp", "commonsense",
+                      0, "{}", "done", 0.0))
+        for grp, sid in (("M_ed", ed), ("M_ed_ft", after)):
+            conn.execute("INSERT INTO run_groups VALUES (?,?,?)", (run, grp, sid))
+        conn.execute("INSERT INTO run_stages VALUES (?,?,?)", (run, ft_stage, "finetune_edit"))
+    conn.commit()
+    conn.close()
+    return path
+
+
+def test_preserve_table_from_a_store(tmp_path):
+    res = load_results(_store(tmp_path / "s.db"))
+    table = preserve_table(res)
+    rows = {r["preserve"]: r for r in table.rows}
+    assert list(rows) == ["none", "freeze", "reedit"]
+    for strategy, (kept, down) in PLANTED.items():
+        row = rows[strategy]
+        assert row["n_ok"] == 8 and row["es_before"] == pytest.approx(0.8)
+        assert row["efr"] == pytest.approx((8 - kept) / 8) and row["survival"] == pytest.approx(kept / 8)
+        assert row["downstream_delta"] == pytest.approx(100 * (down - 0.60))
+    assert "preserve" in [t.name for t in all_tables(res)]
+
+
+def test_no_preserve_runs_no_table(tmp_path):
+    res = load_results(_store(tmp_path / "s.db", {"none": (4, 0.6)}))
+    assert preserve_table(res).rows == [] and "preserve" not in [t.name for t in all_tables(res)]
