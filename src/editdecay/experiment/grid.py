@@ -305,7 +305,7 @@ def _parse_slices(path: str, raw: dict[str, Any], model_info: dict[str, Any]) ->
 
 def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Grid:
     """Validate a loaded grid mapping (see module docstring for the keys)."""
-    from editdecay.finetune.config import FinetuneConfig
+    from editdecay.finetune.config import FinetuneConfig, parse_layers
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a grid file must be a YAML mapping of keys ({', '.join(sorted(TOP_KEYS))})")
