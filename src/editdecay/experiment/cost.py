@@ -272,7 +272,7 @@ def by_kind(costs: list[StageCost]) -> dict[str, dict[str, Any]]:
         e = out.setdefault(c.kind, {"peak": 0.0, "disk": 0.0, "stages": 0, "worst": c})
         e["stages"] += 1
         e["disk"] += c.disk
-        if c.memory >= e["peak"]:
+        if c.memory > e["peak"] or e["stages"] == 1:
             e["peak"], e["worst"] = c.memory, c
     return out
 
@@ -303,7 +303,9 @@ def gpu_memory() -> float | None:
 
 
 def _gb(x: float) -> str:
-    return f"{x / GB:.1f} GB"
+    if abs(x) < 2 ** 20:
+        return f"{x / 1024:.0f} KB"
+    return f"{x / 2 ** 20:.0f} MB" if abs(x) < GB else f"{x / GB:.1f} GB"
 
 
 def check_plan_resources(plan: Any, workdir: str | Path | None = None, check_machine: bool = True,
