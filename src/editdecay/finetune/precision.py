@@ -1,8 +1,7 @@
 """Fine-tuning a bfloat16 model with float32 optimizer state: float32 master copies of the trained weights.
 
-The choice (docs: README "Devices and dtypes"): the model's forward and backward run in its own dtype; each
-trained parameter stored in bfloat16 gets a float32 master copy, and AdamW's moments and update live on the
-masters. After each step the masters are rounded into the model. Without them, AdamW updates of order
+The choice: the model's forward and backward run in its own dtype; each trained parameter stored in bfloat16
+gets a float32 master copy, and AdamW's moments and update live on the masters. After each step the masters are rounded into the model. Without them, AdamW updates of order
 lr * 1 ≈ 2e-4 relative to a weight would mostly round away in bfloat16's 8-bit mantissa. Parameters that are
 float32 already (PEFT keeps LoRA/DoRA adapters in float32 over a bfloat16 base) are their own masters, so
 LoRA over a bfloat16 base costs nothing extra. float16 would also need loss scaling and is refused.
