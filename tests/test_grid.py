@@ -231,3 +231,18 @@ def test_groups_key_skips_the_unedited_fine_tune_and_keep_is_checked():
     raw["keep"] = ["finetune"]
     plan = expand(parse_grid(raw, "g"))
     assert all(s.config["keep_model"] for s in plan.stages.values() if s.kind == "finetune")
+
+
+def test_preserve_axis_gives_each_strategy_its_edited_fine_tune_and_one_shared_m_ft():
+    raw = tiny_raw()
+    raw.update(methods=["memit"], ft_types=["lora"], preserve=["none", "freeze", "nullspace"])
+    plan = expand(parse_grid(raw, "g"))
+    assert len(plan.runs) == 3
+    ft_edit = {r.values["preserve"]: plan.stages[r.stages["finetune_edit"]] for r in plan.runs}
+    assert "preserve_strategy" not in ft_edit["none"].config["finetune"]  # plain runs keep their stage ids
+    assert ft_edit["freeze"].config["finetune"]["preserve_strategy"] == "freeze"
+    assert len({s.stage_id for s in ft_edit.values()}) == 3
+    assert len({r.stages["finetune_base"] for r in plan.runs}) == 1
+    raw["preserve"] = ["frieze"]
+    with pytest.raises(ConfigError, match="'preserve'.*frieze"):
+        parse_grid(raw, "g")

@@ -48,7 +48,9 @@ METHODS = ("memit", "alphaedit")
 AXES = {  # YAML key -> the run field it fills
     "models": "model", "methods": "method", "edit_data": "edit_data", "n_edits": "n_edits",
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",
+    "preserve": "preserve",
 }
+PRESERVE = ("none", "freeze", "nullspace", "replay", "reedit")  # editdecay.preserve strategies (docs/preserve.md)
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
                         "model_info", "stats", "keep", "slices", "groups"}
 KEEP_KINDS = ("edit", "finetune")
@@ -275,6 +277,11 @@ def _parse_axes(path: str, raw: dict[str, Any], model_info: dict[str, Any]) -> d
         if isinstance(s, bool) or not isinstance(s, int):
             raise _err(path, "seeds", f"{s!r} is not an integer")
     axes["seeds"] = seeds
+    preserve = [str(x).lower() for x in _as_list(path, "preserve", raw.get("preserve", ["none"]))]
+    for x in preserve:
+        if x not in PRESERVE:
+            raise _err(path, "preserve", f"unknown strategy {x!r}; allowed: {', '.join(PRESERVE)}")
+    axes["preserve"] = preserve
     for key, values in axes.items():
         keys = [stable_hash(v) for v in values]
         if len(set(keys)) != len(keys):
@@ -620,10 +627,12 @@ def expand(grid: Grid) -> Plan:
                               {"model": base, "stats": stats, "targets": targets}, res["edit"]), seen)
         keep_ft = "finetune" in grid.keep
         ft_base = None
-        if "M_ft" in grid.groups:
+        if "M_ft" in grid.groups:  # the unedited model has no edits to preserve: one M_ft serves every strategy
             ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft},
                                      {"model": base}, res["finetune"]), seen)
-        ft_edit = add(make_stage("finetune", {"finetune": ft_config, "track_edits": True, "keep_model": keep_ft},
+        ft_edit_config = ft_config if values["preserve"] == "none" else \
+            {**ft_config, "preserve_strategy": values["preserve"]}
+        ft_edit = add(make_stage("finetune", {"finetune": ft_edit_config, "track_edits": True, "keep_model": keep_ft},
                                  {"model": edit}, res["finetune"]), seen)
         groups = {}
         for grp, src in (("M", base), ("M_ft", ft_base), ("M_ed", edit), ("M_ed_ft", ft_edit)):

@@ -191,7 +191,9 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     source = model_source(inputs["model"])
     track = inputs["model"] if cfg["track_edits"] else None
     adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
-    finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only)
+    preserve = inputs["model"] if cfg["finetune"].get("preserve_strategy", "none") != "none" else None
+    finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only,
+             preserve_edits=preserve)
     return {"model": "."}
 
 
