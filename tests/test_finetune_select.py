@@ -182,6 +182,22 @@ def test_encode_response_only_loss(tiny_tok, tiny_tok_bos):
     assert text.n_loss_tokens == len(text.input_ids) - 1  # every text token but BOS
 
 
+def test_encode_loss_on_the_whole_example_is_the_default(tiny_tok):
+    """The study's (LLM-Adapters') train_on_inputs=True: prompt and response are targets; the config says so."""
+    from editdecay.finetune.config import FinetuneConfig
+
+    ex = TrainExample("Question: sky colour?\n", "blue")
+    enc = encode_example(ex, tiny_tok, 64, train_on_inputs=True)
+    assert enc.labels == [IGNORE_INDEX] + enc.input_ids[1:]
+    assert enc.n_loss_tokens == len(enc.input_ids) - 1 > encode_example(ex, tiny_tok, 64).n_loss_tokens
+    assert FinetuneConfig().train_on_inputs is True
+    assert FinetuneConfig.from_dict({"train_on_inputs": False}).train_on_inputs is False
+    with pytest.raises(ConfigError, match="train_on_inputs"):
+        FinetuneConfig.from_dict({"train_on_inputs": "yes"})
+    data = TrainData([ex] * 2, tiny_tok, 64, batch_size=2, seed=0, train_on_inputs=True)
+    assert (data.batch(0)["labels"][:, 1:] != IGNORE_INDEX).all()
+
+
 def test_order_is_seeded_and_resumable(tiny_tok):
     examples = [TrainExample(f"q{i}", f"a{i}") for i in range(7)]
     a = TrainData(examples, tiny_tok, 32, batch_size=2, seed=3)

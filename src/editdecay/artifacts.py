@@ -106,5 +106,5 @@ def apply_deltas(model: Any, deltas: dict[str, Any], sign: int = 1, source: str 
         if tuple(p.shape) != tuple(delta.shape):
             raise ModelError(f"{source}: delta for {name!r} has shape {tuple(delta.shape)}, the parameter "
                              f"{tuple(p.shape)}")
-        with torch.no_grad():
-            p.add_(delta.to(device=p.device, dtype=p.dtype), alpha=sign)
+        with torch.no_grad():  # summed in float32 and rounded once, as the in-place edit of a bf16 model is
+            p.copy_((p.float() + sign * delta.to(device=p.device, dtype=torch.float32)).to(p.dtype))

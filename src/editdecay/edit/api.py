@@ -30,7 +30,7 @@ from editdecay.edit import core
 from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
 from editdecay.edit.hparams import EditHparams, resolve_hparams
 from editdecay.edit.memit import MemitRule
-from editdecay.edit.stats import StatsCache, second_moments
+from editdecay.edit.stats import StatsCache, second_moments, stats_kwargs
 from editdecay.edit.targets_cache import TargetCache, as_cache
 from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.models.arch import get_adapter
@@ -56,6 +56,7 @@ class EditResult:
     target_steps: list[int] = field(default_factory=list)
     state: AlphaEditState | None = None
     n_batches: int = 1
+    statistics: dict[str, Any] = field(default_factory=dict)  # what the second moments were counted from
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able facts for manifests and logs."""
@@ -141,8 +142,7 @@ def edit(
     timings["templates"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stats = second_moments(model, tok, adapter, hp.layers, corpora=hp.mom2_dataset, n_tokens=hp.mom2_n_tokens,
-                           seq_len=hp.mom2_seq_len, accum_dtype=hp.mom2_dtype, cache=stats_cache,
+    stats = second_moments(model, tok, adapter, hp.layers, **stats_kwargs(hp.to_dict()), cache=stats_cache,
                            progress=progress)
     timings["stats"] = time.perf_counter() - t
     if log:
@@ -194,6 +194,7 @@ def edit(
         deltas=deltas, layers=list(hp.layers), hparams=hp, stats_id=stats.stats_id, timings=timings,
         method=method, case_ids=[r.case_id for r in requests], templates=templates, target_loss=losses,
         target_prob=probs, target_steps=steps, state=state if method == "alphaedit" else None, n_batches=n_batches,
+        statistics=stats.manifest_fields(),
     )
 
 
@@ -300,6 +301,7 @@ def edit_to_folder(
             "layers": result.layers,
             "hparams": result.hparams.to_dict(),
             "stats_id": result.stats_id,
+            "statistics": result.statistics,
             "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "versions": library_versions(),
             "seed": seed,

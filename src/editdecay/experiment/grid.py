@@ -65,9 +65,8 @@ RESOURCE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
 TINY_PREFIX = "tiny:"
-# the edit hyperparameters that decide the second-moment statistics: one stats stage serves every edit
-# (MEMIT and AlphaEdit, any number of edits) that agrees on these
-STATS_KEYS = ("layers", "mom2_dataset", "mom2_n_tokens", "mom2_seq_len", "mom2_dtype")
+# the statistics stage's settings are editdecay.edit.stats.stats_settings(hparams): one stats stage serves every
+# edit (MEMIT and AlphaEdit, any number of edits) that agrees on them
 # the edit hyperparameters that decide the target values z (with the model, records and seed, which picks the
 # context templates): one targets stage serves MEMIT and AlphaEdit alike, whatever their update settings
 TARGET_KEYS = ("layers", "context_template_length_params", "v_lr", "v_num_grad_steps", "v_loss_layer",
@@ -572,6 +571,7 @@ def _resolve_ft_layers(sel: Any, edit_layers: list[int], n_layers: int, path: st
 def expand(grid: Grid) -> Plan:
     """Runs -> stages. Equal settings give equal stage ids, so shared work appears once."""
     from editdecay.data.records import load_edit_records
+    from editdecay.edit.stats import stats_settings
 
     stages: dict[str, StageSpec] = {}
     uses: dict[str, int] = {}
@@ -617,7 +617,7 @@ def expand(grid: Grid) -> Plan:
         if model.startswith(TINY_PREFIX):
             model_cfg["tiny"] = _tiny_size(grid.model_info.get(model, {}))
         base = add(make_stage("base", model_cfg, {}, res["base"]), seen)
-        stats = add(make_stage("stats", {k: edit_hp[k] for k in STATS_KEYS}, {"model": base}, res["stats"]), seen)
+        stats = add(make_stage("stats", stats_settings(edit_hp), {"model": base}, res["stats"]), seen)
         z_cfg = {k: edit_hp.get(k) for k in TARGET_KEYS}
         targets = add(make_stage("targets", {"edit_data": data, "n_edits": n, "records_hash": records_hash,
                                              "z": z_cfg, "seed": EDIT_SEED}, {"model": base}, res["targets"]), seen)

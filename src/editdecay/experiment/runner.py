@@ -242,6 +242,9 @@ def run_grid(
     plan = plan_grid(grid_or_path)  # every config error surfaces here, before any work
     store_path = Path(store)
     work = Path(workdir).expanduser() if workdir else default_workdir(plan.grid, store_path)
+    from editdecay.experiment.cost import ensure_plan_fits
+
+    ensure_plan_fits(plan, workdir=work, check_machine=(backend == "local"))  # refuse before any work
     with workdir_lock(work), Store(store_path) as db:
         artifacts = {sid: artifact_path(work, spec) for sid, spec in plan.stages.items()}
         db.register_plan(plan.grid.name, [r.row(r.values | {"edit": r.edit_hparams, "finetune": r.finetune})

@@ -86,17 +86,17 @@ def run_stats(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stag
 
     The artifact folder is the edit stage's StatsCache, so an edit reading it finds every layer cached.
     """
-    from editdecay.edit.stats import StatsCache, second_moments
+    from editdecay.edit.stats import StatsCache, second_moments, stats_kwargs
     from editdecay.models.arch import get_adapter
     from editdecay.models.registry import load_model
 
     cfg = spec.config
     model, tok = load_model(model_source(inputs["model"]))
     with atomic_dir(out_dir) as tmp:
-        result = second_moments(model, tok, get_adapter(model), cfg["layers"], corpora=cfg["mom2_dataset"],
-                                n_tokens=cfg["mom2_n_tokens"], seq_len=cfg["mom2_seq_len"],
-                                accum_dtype=cfg["mom2_dtype"], cache=StatsCache(tmp), progress=ctx.progress)
-    return {"stats_id": result.stats_id, "n_tokens": result.n_tokens, "keys": result.keys}
+        result = second_moments(model, tok, get_adapter(model), cfg["layers"], **stats_kwargs(cfg),
+                                cache=StatsCache(tmp), progress=ctx.progress)
+    return {"stats_id": result.stats_id, "n_tokens": result.n_tokens, "keys": result.keys,
+            "tokens_per_dim": result.tokens_per_dim, "short": result.short}
 
 
 def target_pool(ctx: StageContext) -> Path:

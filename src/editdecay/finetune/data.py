@@ -58,8 +58,8 @@ def encode_example(example: TrainExample, tokenizer, max_length: int, train_on_i
         raise DataError("tokenizer", "has no EOS token; fine-tuning appends EOS to every response")
     response_ids = list(response_ids) + [tokenizer.eos_token_id]
     ids = (list(prompt_ids) + response_ids)[:max_length]
-    if train_on_inputs:
-        labels = list(ids)
+    if train_on_inputs:  # every token is a target except the first, which nothing predicts
+        labels = [IGNORE_INDEX] + list(ids[1:])
     else:
         labels = ([IGNORE_INDEX] * len(prompt_ids) + response_ids)[:max_length]
     return Encoded(ids, labels)
