@@ -47,8 +47,9 @@ def _config(args, ft_type: str, strategy: str) -> dict:
            "max_length": args.max_length, "seed": args.seed, "preserve_strategy": strategy}
     if strategy == "replay":
         cfg["replay_rate"] = args.replay_rate
-    if ft_type == "full" and args.full_lr is not None:
-        cfg["lr"] = args.full_lr
+    lr = args.full_lr if ft_type == "full" else args.adapter_lr
+    if lr is not None:
+        cfg["lr"] = lr
     return cfg
 
 
@@ -101,9 +102,10 @@ def run(args) -> int:
 def _notes(cell: dict) -> str:
     info = cell.get("preserve") or {}
     if cell["strategy"] == "nullspace" and "output_change" in info:
-        return f"max |dW K|/(|dW||K|) {max(info['output_change'].values()):.1e}"
+        return f"max ‖ΔW K‖/(‖ΔW‖‖K‖) {max(info['output_change'].values()):.1e}"
     if cell["strategy"] == "replay" and "n_replay" in info:
-        return f"{info['n_replay']} replay examples ({100 * info['replay_share']:.0f}%)"
+        return (f"{info['n_replay']} replay examples ({100 * info['replay_share']:.0f}% of the data, so that "
+                f"share of the steps' examples is not corpus)")
     if cell["strategy"] == "reedit" and "reedit" in info:
         r = info["reedit"]
         return (f"held {r['held_before_ft']} -> {r['held_after_ft']} after FT -> {r['held_after_solve']} re-solved "
@@ -118,8 +120,9 @@ def rows(out: Path) -> list[dict]:
     for cell in cells.values():
         plain = cells.get(f"{cell['type']}-none")
         info = cell.get("preserve") or {}
-        outside = (info.get("extra_seconds") or 0.0) - (info.get("seconds", {}).get("projection") or 0.0)
-        extra = None if plain is None else cell["train_seconds"] - plain["train_seconds"] + outside
+        # the strategy's own timed work (keys, per-step projection, re-edit): on a shared machine the training
+        # time of two runs differs by more than that from load alone, so train_s is shown but not subtracted
+        extra = info.get("extra_seconds") or 0.0
         down, down_plain = cell["downstream"]["mean"], plain["downstream"]["mean"] if plain else None
         d = cell["decay"]
         result.append({
@@ -171,6 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--replay-rate", type=float, default=0.1)
     parser.add_argument("--full-lr", type=float, help="full fine-tuning lr (default: FinetuneConfig's 5e-6)")
+    parser.add_argument("--adapter-lr", type=float, help="LoRA/DoRA lr (default: FinetuneConfig's 2e-4)")
     parser.add_argument("--downstream", default="piqa,ARC-Easy")
     parser.add_argument("--downstream-n", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
