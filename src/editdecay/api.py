@@ -37,6 +37,9 @@ _EXPORTS = {
     "export_model": "editdecay.experiment.export",
     "load_grid": "editdecay.experiment.grid",
     "write_report": "editdecay.report.api",
+    # erase: locate, trace and remove edits
+    "erase": "editdecay.erase.api",
+    "inspect_edits": "editdecay.erase.api",
 }
 
 __all__ = sorted(_EXPORTS)

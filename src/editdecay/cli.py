@@ -14,7 +14,7 @@ from editdecay import __version__
 from editdecay.errors import EditDecayError
 
 COMMANDS = ("models", "data", "edit", "evaluate", "compare", "finetune", "plan", "run", "status", "report", "analyze",
-            "export")
+            "export", "erase", "inspect-edits")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"editdecay.commands.{name}")
+            module = importlib.import_module(f"editdecay.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"editdecay.commands.{name}":
+            if exc.name == f"editdecay.commands.{name.replace('-', '_')}":
                 continue  # a stage whose package is not present in this build
             raise
         module.add_parser(sub)
