@@ -213,6 +213,7 @@ def test_every_table_present_with_the_right_rows(written):
         "relative_decrease_by_ft_type": len(FT_TYPES),
         "relative_decrease_by_model": len(MODELS),
         "efr": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
+        "categories": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
         # base, edited, and one row per layer selection, for each config other than layers
         "selective_layers": len(MODELS) * len(METHODS) * len(FT_TYPES) * (2 + len(LAYERS)),
         "downstream": len(MODELS) * len(METHODS) * len(FT_TYPES) * len(LAYERS),
@@ -248,6 +249,37 @@ def test_edit_metric_numbers_equal_the_store(written, grid_store):
                 assert len(values) == 2  # two seeds
                 assert float(row[f"{metric}_{grp}"]) == pytest.approx(float(np.mean(values)), abs=1e-12)
         assert row["seeds"] == "2"
+
+
+def test_score_and_categories_equal_a_hand_count_from_the_store(written, grid_store):
+    """Score = harmonic mean of ES, PS, NS per run; categories = shares of stable/erased/emergent/impossible."""
+    out, _ = written
+    store = grid_store[0]
+    metrics_row = read_csv(out / "tables" / "edit_metrics.csv")[0]
+    cat_row = read_csv(out / "tables" / "categories.csv")[0]
+    assert (cat_row["model"], cat_row["method"], cat_row["ft_type"], cat_row["layers"]) == \
+        (metrics_row["model"], metrics_row["method"], metrics_row["ft_type"], metrics_row["layers"])
+    scores, shares = [], {c: [] for c in ("stable", "erased", "emergent", "impossible")}
+    for (run_id,) in sql(store, "SELECT run_id FROM runs WHERE model=? AND method=? AND ft_type=? AND layers=?",
+                         cat_row["model"], cat_row["method"], cat_row["ft_type"], cat_row["layers"]):
+        summary = dict(sql(store, "SELECT m.metric, m.value FROM run_groups g JOIN metrics m ON "
+                                  "m.eval_stage_id = g.eval_stage_id WHERE g.run_id=? AND g.grp='M_ed'", run_id))
+        es, ps, ns = summary["efficacy"], summary["paraphrase"], summary["neighborhood"]
+        scores.append(0.0 if min(es, ps, ns) == 0 else 3 / (1 / es + 1 / ps + 1 / ns))
+
+        def per(grp, run_id=run_id):
+            return dict(sql(store, "SELECT rm.case_id, rm.value FROM run_groups g JOIN record_metrics rm ON "
+                                   "rm.eval_stage_id = g.eval_stage_id WHERE g.run_id=? AND g.grp=? AND "
+                                   "rm.metric='efficacy'", run_id, grp))
+        before, after = per("M_ed"), per("M_ed_ft")
+        pairs = [(before[c] > 0.5, after[c] > 0.5) for c in before if c in after]
+        for name, want in (("stable", (True, True)), ("erased", (True, False)), ("emergent", (False, True)),
+                           ("impossible", (False, False))):
+            shares[name].append(sum(p == want for p in pairs) / len(pairs))
+    assert float(metrics_row["score_M_ed"]) == pytest.approx(float(np.mean(scores)), abs=1e-12)
+    for name, values in shares.items():
+        assert float(cat_row[name]) == pytest.approx(float(np.mean(values)), abs=1e-12)
+    assert sum(float(cat_row[c]) for c in shares) == pytest.approx(1.0)
 
 
 def test_efr_and_emergent_equal_a_hand_count_from_record_metrics(written, grid_store):
@@ -445,7 +477,7 @@ def test_cli_contract(grid_store, tmp_path, capsys):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (out / "report.html").exists() and (out / "report.md").exists()
-    assert len(list((out / "tables").glob("*.csv"))) == 9
+    assert len(list((out / "tables").glob("*.csv"))) == 10  # nine tables + edit categories
     assert main(["report", str(store), "--format", "text"]) == 0
     text = capsys.readouterr().out
     for title in ("Edit metrics before and after fine-tuning", "Relative decrease by ft type",

@@ -228,3 +228,24 @@ def survived(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapp
     """case_id -> whether an edit that succeeded before still succeeds after (edits failing before are left out)."""
     ids, x, y = matched(before, after, metric)
     return {c: bool(b > threshold) for c, a, b in zip(ids, x, y, strict=True) if a > threshold}
+
+
+CATEGORIES = ("stable", "erased", "emergent", "impossible")
+
+
+def categorize(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], metric: str,
+               threshold: float = SUCCESS_THRESHOLD) -> dict[str, str]:
+    """case_id -> the study's edit category between the edited and the edited-then-fine-tuned model: stable
+    (holds before and after), erased (held, then not), emergent (did not hold, then did), impossible (neither)."""
+    ids, x, y = matched(before, after, metric)
+    names = {(True, True): "stable", (True, False): "erased", (False, True): "emergent", (False, False): "impossible"}
+    return {c: names[(bool(a > threshold), bool(b > threshold))] for c, a, b in zip(ids, x, y, strict=True)}
+
+
+def harmonic_mean(values: Sequence[float | None]) -> float | None:
+    """MEMIT's composite Score of ES, PS and NS: their harmonic mean (0 when any is 0, None when any is missing)."""
+    if not values or any(v is None for v in values):
+        return None
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)

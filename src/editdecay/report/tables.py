@@ -95,15 +95,50 @@ def edit_metrics_table(res: Results) -> Table:
     for metric in EDIT_METRICS:
         cols += [Column(f"{metric}_M_ed", f"{SHORT[metric]} M_ed", "pct"),
                  Column(f"{metric}_M_ed_ft", f"{SHORT[metric]} M_ed_ft", "pct")]
+    cols += [Column("score_M_ed", "Score M_ed", "pct"), Column("score_M_ed_ft", "Score M_ed_ft", "pct")]
     table = Table("edit_metrics", "Edit metrics before and after fine-tuning",
                   "Efficacy (ES), paraphrase (PS) and neighbourhood (NS) success of the edited model (M_ed) and of "
-                  "the edited-then-fine-tuned model (M_ed_ft), mean over seeds, in %.", cols)
+                  "the edited-then-fine-tuned model (M_ed_ft), and MEMIT's composite Score (their harmonic mean, "
+                  "per run), mean over seeds, in %.", cols)
     for key, runs in group_runs(res.runs).items():
         row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True))
         row["seeds"] = len(runs)
         for metric in EDIT_METRICS:
             for grp in ("M_ed", "M_ed_ft"):
                 row[f"{metric}_{grp}"] = _mean(res.summary(r, grp, metric) for r in runs)
+        for grp in ("M_ed", "M_ed_ft"):
+            row[f"score_{grp}"] = _mean(stats.harmonic_mean([res.summary(r, grp, m) for m in EDIT_METRICS])
+                                        for r in runs)
+        table.rows.append(row)
+    return table
+
+
+def categories_table(res: Results) -> Table:
+    """The study's edit categories per configuration: stable, erased, emergent, impossible (on efficacy)."""
+    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int"), Column("n", "edits", "int")]
+    cols += [Column(c, c, "pct") for c in stats.CATEGORIES]
+    table = Table("categories", "Edit categories",
+                  "Per record, matched by case_id, efficacy success (value > "
+                  f"{stats.SUCCESS_THRESHOLD}) of M_ed and M_ed_ft: stable (holds before and after), erased (held, "
+                  "then not), emergent (did not hold, then did), impossible (held neither time); share of the "
+                  "edits, mean over seeds, in %.", cols)
+    for key, runs in group_runs(res.runs).items():
+        shares: dict[str, list[float]] = defaultdict(list)
+        sizes = []
+        for run in runs:
+            before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
+            if not before or not after:
+                continue
+            cats = list(stats.categorize(before, after, "efficacy").values())
+            if not cats:
+                continue
+            sizes.append(len(cats))
+            for c in stats.CATEGORIES:
+                shares[c].append(cats.count(c) / len(cats))
+        if not sizes:
+            continue
+        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), seeds=len(sizes), n=round(_mean(sizes)))
+        row.update({c: _mean(shares[c]) for c in stats.CATEGORIES})
         table.rows.append(row)
     return table
 
@@ -381,7 +416,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
 
 def all_tables(res: Results, findings_table: Table | None = None, seed: int = 0) -> list[Table]:
     tables = [edit_metrics_table(res), relative_decrease_table(res, "ft_type"), relative_decrease_table(res, "model"),
-              efr_table(res, seed=seed), selective_layer_table(res), downstream_table(res),
+              efr_table(res, seed=seed), categories_table(res), selective_layer_table(res), downstream_table(res),
               decay_tests_table(res), edits_table(res)]
     preserve = preserve_table(res, seed=seed)
     if preserve.rows:  # only stores with preserve runs get the table
