@@ -246,3 +246,22 @@ def test_preserve_axis_gives_each_strategy_its_edited_fine_tune_and_one_shared_m
     raw["preserve"] = ["frieze"]
     with pytest.raises(ConfigError, match="'preserve'.*frieze"):
         parse_grid(raw, "g")
+
+
+def test_dtype_enters_stage_ids_and_device_does_not():
+    plain = expand(parse_grid(tiny_raw(), "g"))
+    raw = tiny_raw()
+    raw.update(dtype="bf16", device="cpu")
+    plan = expand(parse_grid(raw, "g"))
+    assert plan.grid.dtype == "bfloat16"
+    for spec in plan.stages.values():
+        if spec.kind != "base":
+            assert spec.config["dtype"] == "bfloat16", spec.kind
+        assert spec.resources["device"] == "cpu"
+    assert not set(plan.stages) & (set(plain.stages) - {s for s, x in plain.stages.items() if x.kind == "base"})
+    raw = tiny_raw()
+    raw["device"] = "cpu"
+    assert set(expand(parse_grid(raw, "g")).stages) == set(plain.stages)  # the device is no part of an id
+    raw["dtype"] = "float8"
+    with pytest.raises(ConfigError, match="'dtype'.*float8"):
+        parse_grid(raw, "g")

@@ -281,3 +281,16 @@ def test_full_finetune_weights_are_dropped_and_recomputed_only_when_an_evaluatio
 
         export_model(third.executed[0] if third.executed[0].startswith("finetune") else third.executed[1],
                      tmp_path / "x", store=store)
+
+
+def test_a_bfloat16_grid_runs_end_to_end(tmp_path):
+    raw = yaml.safe_load(TINY.read_text())
+    raw.update(methods=["memit"], ft_types=["lora"], dtype="bfloat16", groups=["M_ed", "M_ed_ft"])
+    grid = tmp_path / "bf16.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    result = run_grid(grid, tmp_path / "r.db", workdir=tmp_path / "work", progress=False)
+    assert result.runs == {"done": 1} and not result.failed
+    (edit_dir,) = (tmp_path / "work" / "stages" / "edit").iterdir()
+    import json
+
+    assert json.loads((edit_dir / "manifest.json").read_text())["dtype"] == "bfloat16"

@@ -52,7 +52,7 @@ AXES = {  # YAML key -> the run field it fills
 }
 PRESERVE = ("none", "freeze", "nullspace", "replay", "reedit")  # editdecay.preserve strategies (docs/preserve.md)
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
-                        "model_info", "stats", "keep", "slices", "groups"}
+                        "model_info", "stats", "keep", "slices", "groups", "dtype", "device"}
 KEEP_KINDS = ("edit", "finetune")
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_GROUPS = ("M_ed", "M_ed_ft")  # decay is M_ed -> M_ed_ft: every run measures these
@@ -167,6 +167,8 @@ class Grid:
     keep: tuple[str, ...] = ()  # stage kinds that keep a full model copy ("edit", "finetune")
     slices: list[dict[str, list[Any]]] = field(default_factory=list)  # each: the axes of one product
     groups: tuple[str, ...] = GROUPS  # which of the four models each run measures
+    dtype: str = "float32"  # what every stage loads the model in (part of each stage's id when not float32)
+    device: str | None = None  # where stages run (not part of any id: the same work on another device)
     raw: dict[str, Any] = field(default_factory=dict)
     configs: dict[str, Any] = field(default_factory=dict)  # model -> its transformers config (or a table key)
     _edit_cache: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
@@ -386,9 +388,16 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
     missing = [g for g in REQUIRED_GROUPS if g not in groups]
     if missing:
         raise _err(path, "groups", f"must include {', '.join(REQUIRED_GROUPS)} (decay is measured between them)")
+    from editdecay.models.device import resolve_dtype
+
+    dtype = str(resolve_dtype(raw.get("dtype", "float32"), flag=f"{path}: 'dtype'")).replace("torch.", "")
+    device = raw.get("device")
+    if device is not None and (not isinstance(device, str) or not device.strip()):
+        raise _err(path, "device", "must be a torch device name such as cpu, cuda or cuda:1")
     grid = Grid(name=name, path=path, axes=axes, edit=edit, finetune=finetune, evaluate=evaluate,
                 overrides=overrides, resources=resources, model_info=model_info, workdir=raw.get("workdir"),
-                keep=tuple(keep), slices=slices, groups=tuple(g for g in GROUPS if g in groups), raw=raw)
+                keep=tuple(keep), slices=slices, groups=tuple(g for g in GROUPS if g in groups), dtype=dtype,
+                device=device, raw=raw)
 
     # every fine-tuning setting combination must make a valid FinetuneConfig (typos fail here, before work)
     for values in grid.runs_values():
@@ -581,6 +590,9 @@ def expand(grid: Grid) -> Plan:
     res = grid.resources
 
     stage_model: dict[str, str] = {}
+    if grid.device:
+        res = {kind: {**r, "device": grid.device} for kind, r in res.items()}
+    precision = {} if grid.dtype == "float32" else {"dtype": grid.dtype}  # float32 stages keep their ids
 
     def add(spec: StageSpec, run_stages: set[str]) -> str:
         stages.setdefault(spec.stage_id, spec)
@@ -610,30 +622,31 @@ def expand(grid: Grid) -> Plan:
         ft_layers = _resolve_ft_layers(values["layers"], edit_hp.get("layers"), info["num_layers"], grid.path)
         ft_config = {**ft, "type": values["ft_type"], "layers": ft_layers, "modules": values["modules"],
                      "data": values["ft_data"], "seed": values["seed"]}
-        evaluation = {"edit_data": data, "n_edits": n, "records_hash": records_hash, **grid.evaluate}
+        evaluation = {"edit_data": data, "n_edits": n, "records_hash": records_hash, **grid.evaluate, **precision}
         seen: set[str] = set()
 
         model_cfg: dict[str, Any] = {"model": model}
         if model.startswith(TINY_PREFIX):
             model_cfg["tiny"] = _tiny_size(grid.model_info.get(model, {}))
         base = add(make_stage("base", model_cfg, {}, res["base"]), seen)
-        stats = add(make_stage("stats", stats_settings(edit_hp), {"model": base}, res["stats"]), seen)
+        stats = add(make_stage("stats", {**stats_settings(edit_hp), **precision}, {"model": base}, res["stats"]), seen)
         z_cfg = {k: edit_hp.get(k) for k in TARGET_KEYS}
         targets = add(make_stage("targets", {"edit_data": data, "n_edits": n, "records_hash": records_hash,
-                                             "z": z_cfg, "seed": EDIT_SEED}, {"model": base}, res["targets"]), seen)
+                                             "z": z_cfg, "seed": EDIT_SEED, **precision}, {"model": base},
+                                 res["targets"]), seen)
         edit = add(make_stage("edit", {"method": values["method"], "edit_data": data, "n_edits": n,
                                        "records_hash": records_hash, "hparams": edit_hp, "seed": EDIT_SEED,
-                                       "keep_model": "edit" in grid.keep},
+                                       "keep_model": "edit" in grid.keep, **precision},
                               {"model": base, "stats": stats, "targets": targets}, res["edit"]), seen)
         keep_ft = "finetune" in grid.keep
         ft_base = None
         if "M_ft" in grid.groups:  # the unedited model has no edits to preserve: one M_ft serves every strategy
-            ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft},
-                                     {"model": base}, res["finetune"]), seen)
+            ft_base = add(make_stage("finetune", {"finetune": ft_config, "track_edits": False, "keep_model": keep_ft,
+                                                  **precision}, {"model": base}, res["finetune"]), seen)
         ft_edit_config = ft_config if values["preserve"] == "none" else \
             {**ft_config, "preserve_strategy": values["preserve"]}
-        ft_edit = add(make_stage("finetune", {"finetune": ft_edit_config, "track_edits": True, "keep_model": keep_ft},
-                                 {"model": edit}, res["finetune"]), seen)
+        ft_edit = add(make_stage("finetune", {"finetune": ft_edit_config, "track_edits": True, "keep_model": keep_ft,
+                                              **precision}, {"model": edit}, res["finetune"]), seen)
         groups = {}
         for grp, src in (("M", base), ("M_ft", ft_base), ("M_ed", edit), ("M_ed_ft", ft_edit)):
             if grp in grid.groups:

@@ -78,6 +78,9 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
 
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.get("num_cpus", 1) or 1)))
+    device_before = os.environ.get("EDITDECAY_DEVICE")
+    if spec.resources.get("device"):  # the grid's `device:` (not part of any stage id)
+        os.environ["EDITDECAY_DEVICE"] = str(spec.resources["device"])
     bars = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()
@@ -99,6 +102,11 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
                 "error": f"{type(exc).__name__}: {exc}\n{tb}"}
     finally:
         torch.set_num_threads(threads)
+        if spec.resources.get("device"):
+            if device_before is None:
+                os.environ.pop("EDITDECAY_DEVICE", None)
+            else:
+                os.environ["EDITDECAY_DEVICE"] = device_before
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -91,7 +91,7 @@ def run_stats(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     from editdecay.models.registry import load_model
 
     cfg = spec.config
-    model, tok = load_model(model_source(inputs["model"]))
+    model, tok = load_model(model_source(inputs["model"]), dtype=cfg.get("dtype"))
     with atomic_dir(out_dir) as tmp:
         result = second_moments(model, tok, get_adapter(model), cfg["layers"], **stats_kwargs(cfg),
                                 cache=StatsCache(tmp), progress=ctx.progress)
@@ -117,7 +117,7 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
     from editdecay.models.registry import load_model
 
     cfg = spec.config
-    model, tok = load_model(model_source(inputs["model"]))
+    model, tok = load_model(model_source(inputs["model"]), dtype=cfg.get("dtype"))
     hp = hparams_from_dict("memit", {k: v for k, v in cfg["z"].items() if v is not None})
     templates = core.context_templates(model, tok, hp.context_template_length_params, cfg["seed"])
     pool = TargetCache(target_pool(ctx))
@@ -150,7 +150,7 @@ def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     result = edit_to_folder(model_source(inputs["model"]), _records(spec), out_dir, cfg["method"],
                             hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
                             progress=ctx.progress, records_source=cfg["edit_data"], targets_cache=z_cache,
-                            deltas_only=not keep, overwrite=True)
+                            deltas_only=not keep, overwrite=True, dtype=cfg.get("dtype"))
     return {"model": ".", "stats_id": result.stats_id}
 
 
@@ -193,7 +193,7 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
     preserve = inputs["model"] if cfg["finetune"].get("preserve_strategy", "none") != "none" else None
     finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only,
-             preserve_edits=preserve)
+             preserve_edits=preserve, dtype=cfg.get("dtype"))
     return {"model": "."}
 
 
@@ -205,6 +205,7 @@ def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
         return {"reused": True}
     cfg = spec.config
     result = evaluate_model(model_source(inputs["model"]), records=_records(spec), downstream=cfg.get("downstream"),
+                            dtype=cfg.get("dtype"),
                             limit=cfg.get("limit"), seed=cfg.get("seed", 0), mode=cfg.get("mode", "loglik"),
                             batch_size=cfg.get("batch_size", 32), progress=ctx.progress,
                             fluency=cfg.get("fluency", False))
