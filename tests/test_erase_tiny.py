@@ -155,13 +155,21 @@ def test_cli_contract_inspect_and_erase(folders, tmp_path, capsys):
     assert manifest["erased"] + manifest["still_holding"] == len(manifest["traced"]) >= 2
 
 
-def test_reedit_towards_true_targets_erases(folders, tmp_path):
-    base_dir, edited, _, _ = folders
-    manifest = erase(edited, tmp_path / "reedit", records=edited / "manifest.json", layers=[1, 2],
-                     strategy="reedit")
+def test_reedit_towards_true_targets_moves_every_record_back(folders, tmp_path):
+    from editdecay.evaluate.scoring import score_continuations
+    from editdecay.models.registry import load_model
+
+    _, edited, _, tok = folders
+    out = tmp_path / "reedit"
+    manifest = erase(edited, out, records=edited / "manifest.json", layers=[1, 2], strategy="reedit")
     assert manifest["strategy"] == "reedit" and manifest["reedit"]["layers"] == [1, 2]
-    assert manifest["erased"] + manifest["still_holding"] == 3
-    assert manifest["erased"] >= manifest["held_before"] - 1 or manifest["erased"] == 3
+    assert manifest["erased"] + manifest["still_holding"] == manifest["n_records"] == 3
+    pairs = [(r.filled_prompt, " " + r.target_true) for r in RECORDS]
+    nll = {}
+    for name, folder in (("edited", edited), ("reedited", out)):
+        model, _ = load_model(folder)
+        nll[name] = [x.mean_nll for x in score_continuations(model, tok, pairs)]
+    assert all(b < a for a, b in zip(nll["edited"], nll["reedited"], strict=True)), nll
 
 
 def test_finetune_strategy_trains_only_the_located_mlps(folders, tmp_path):
