@@ -693,7 +693,9 @@ def _estimate_work(spec: StageSpec, scale: float) -> float:
     if spec.kind == "base":
         return COST["base_s"]
     if spec.kind == "stats":
-        return scale * cfg["mom2_n_tokens"] / COST["tokens_per_s"]
+        # in samples mode, each sample is a document cut to mom2_seq_len tokens (an upper bound)
+        tokens = cfg["mom2_n_samples"] * cfg["mom2_seq_len"] if cfg.get("mom2_n_samples") else cfg["mom2_n_tokens"]
+        return scale * tokens / COST["tokens_per_s"]
     if spec.kind == "targets":
         return scale * cfg["n_edits"] * COST["targets_s_per_edit"]
     if spec.kind == "edit":
