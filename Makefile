@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editdecay-installed
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint bench clean study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,15 @@ demo: setup
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --out $(DEMO_OUT)/report
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --format text
 	@echo "report: $(DEMO_OUT)/report/report.html"
+
+# The study at small-model scale (configs/cpu-study.yaml; hours, resumable: run it again to continue). The
+# store is committed under docs/results/; the work folder (deltas, adapters, statistics) is not.
+STUDY_STORE ?= docs/results/cpu-study.db
+STUDY_WORK ?= study-work
+study: setup
+	$(BIN)/editdecay run configs/cpu-study.yaml --store $(STUDY_STORE) --workdir $(STUDY_WORK) --workers 2
+	$(BIN)/editdecay report $(STUDY_STORE) --out docs/results/cpu-study
+	$(BIN)/editdecay status --store $(STUDY_STORE) --export docs/results/cpu-study/store-csv
 
 test: setup
 	# the report's browser test renders the HTML in Debian's headless chromium (installed once, idempotent)
