@@ -341,6 +341,31 @@ def test_findings_say_not_enough_data_when_a_factor_is_missing(tmp_path):
     assert [x.verdict for x in f[1:]] == ["not enough data"] * 3
 
 
+def test_edits_decay_reports_the_es_magnitude_drop_beside_the_verdict(tmp_path):
+    """When per-edit ES magnitudes are stored, the decay finding adds a Wilcoxon test on them (and its mean
+    drop), without changing the verdict, which rests on binary success."""
+    from editdecay.report.findings import all_findings
+    from editdecay.report.load import load_results
+
+    store = build_store(tmp_path / "m.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all",))
+    plain = all_findings(load_results(store))[0]
+    conn = sqlite3.connect(store)
+    (ed, ft), = conn.execute("SELECT MAX(CASE WHEN grp='M_ed' THEN eval_stage_id END), "
+                             "MAX(CASE WHEN grp='M_ed_ft' THEN eval_stage_id END) FROM run_groups").fetchall()
+    drops = [0.01 * (i + 1) for i in range(N_RECORDS)]  # every edit loses margin, by known amounts
+    for i, d in enumerate(drops):
+        conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (ed, f"cf{i}", "efficacy_magnitude", 0.9))
+        conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (ft, f"cf{i}", "efficacy_magnitude", 0.9 - d))
+    conn.commit()
+    conn.close()
+    f = all_findings(load_results(store))[0]
+    assert f.verdict == plain.verdict and f.tests[0].test == plain.tests[0].test
+    wilcoxon = f.tests[-1]
+    assert wilcoxon.test.startswith("Wilcoxon") and wilcoxon.n == N_RECORDS and wilcoxon.pvalue < 0.001
+    assert f"{100 * sum(drops) / N_RECORDS:.1f} points lower" in f.evidence
+
+
 def test_reversed_claim_is_not_supported(grid_store):
     from editdecay.report.findings import compare_conditions
     from editdecay.report.load import load_results

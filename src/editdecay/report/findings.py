@@ -99,7 +99,30 @@ def edits_decay(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> Findin
                     + "; ".join(t.describe() for t in tests))
     else:
         evidence = f"per edit over {main.n} edits: " + main.describe()
+    strength = magnitude_drop_test(res, runs)
+    if strength is not None:  # success can hold while the margin shrinks: the continuous signal, reported beside
+        test, drop, n = strength
+        tests = [*tests, test]
+        evidence += (f". ES magnitude (P(new) − P(true) per edit) is {100 * drop:.1f} points lower on average after "
+                     f"fine-tuning over {n} edits: {test.describe()} (reported beside the verdict, not its test)")
     return Finding(claim, verdict, evidence, tests)
+
+
+def magnitude_drop_test(res: Results, runs: list[Run]) -> tuple[stats.TestResult, float, int] | None:
+    """Wilcoxon signed-rank on per-edit ES magnitude, M_ed vs M_ed_ft, pooled over runs (matched by case_id),
+    with the mean drop over all those edits and their number."""
+    before: list[float] = []
+    after: list[float] = []
+    for run in runs:
+        b, a = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
+        for case in sorted(set(b) & set(a)):
+            if "efficacy_magnitude" in b[case] and "efficacy_magnitude" in a[case]:
+                before.append(b[case]["efficacy_magnitude"])
+                after.append(a[case]["efficacy_magnitude"])
+    if not before:
+        return None
+    drop = sum(b - a for b, a in zip(before, after, strict=True)) / len(before)
+    return stats.wilcoxon_signed_rank(before, after), drop, len(before)
 
 
 def all_findings(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> list[Finding]:

@@ -19,7 +19,7 @@ from editdecay.errors import DataError
 
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
-RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood")
+RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
 RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data")
 
 
