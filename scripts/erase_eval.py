@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EDITS = Path(os.environ.get("EDITDECAY_SHARED_EDITS", "/work/shared-edits"))
-RESULTS = ROOT / "benchmarks" / "results" / "erase"
+RESULTS = Path(os.environ.get("EDITDECAY_ERASE_RESULTS", ROOT / "benchmarks" / "results" / "erase"))
 MODEL = "smollm2-135m"
 SIZES = (1, 10, 100)
 METHODS = ("memit", "alphaedit")
@@ -66,11 +66,14 @@ def _downstream(model, tok, limit: int) -> float:
     return float(evaluate_downstream(model, tok, limit=limit)["mean"])
 
 
-def _reversal(es_edited: list[float], es_after: list[float]) -> dict:
-    """Reversal rate: of the edits that held (ES > 0.5), the fraction that no longer hold (ES <= 0.5)."""
+def _reversal(es_base: list[float], es_edited: list[float], es_after: list[float]) -> dict:
+    """Reversal rate: of the edits that the edit made hold (ES ≤ 0.5 before editing, > 0.5 after), the fraction
+    that no longer hold (ES ≤ 0.5); also the same over every record that held in the edited model."""
+    made = [i for i in range(len(es_edited)) if es_edited[i] > 0.5 and es_base[i] <= 0.5]
     held = [i for i, e in enumerate(es_edited) if e > 0.5]
-    erased = [i for i in held if es_after[i] <= 0.5]
-    return {"held": len(held), "erased": len(erased), "reversal_rate": len(erased) / len(held) if held else None,
+    return {"made_hold": len(made), "reversed": sum(es_after[i] <= 0.5 for i in made),
+            "reversal_rate": sum(es_after[i] <= 0.5 for i in made) / len(made) if made else None,
+            "held": len(held), "erased": sum(es_after[i] <= 0.5 for i in held),
             "still_holding": sum(e > 0.5 for e in es_after), "es_mean": sum(es_after) / len(es_after)}
 
 
@@ -179,7 +182,7 @@ def measure_case(method: str, n: int, args: argparse.Namespace) -> dict:
             model, ft = reverse.finetune_layers(model, tok, truth, args.budget_steps, work)
             info = {"steps": ft["steps"], "layers": ft["layers"], "final_loss": ft["final_loss"]}
         es = _es(model, tok, records)
-        row = {**_reversal(es_edited, es), **info}
+        row = {**_reversal(res["es_base"], es_edited, es), **info}
         if args.limit:
             row["downstream"] = _downstream(model, tok, args.limit)
             row["downstream_cost"] = res["downstream_edited"] - row["downstream"]
@@ -198,9 +201,45 @@ def measure(args: argparse.Namespace) -> None:
                 print(f"{edit_dir(method, n)}: no edit folder; run make-edits first", flush=True)
 
 
+def table(args: argparse.Namespace) -> str:
+    """The docs table: one row per (method, n) from the result JSONs."""
+    from editdecay.util.io import read_json
+
+    def f(x, digits=2):
+        return "—" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+    lines = ["| method | n | layers (ΔW) | weights-only layers (precision / recall) | tracing top-5, ΔW / weights-only "
+             "| removal | reversed (of made-hold) | ES after | downstream (edited → after) | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for method in args.methods:
+        for n in args.sizes:
+            path = RESULTS / f"{method}-cf{n}.json"
+            if not path.exists():
+                continue
+            r = read_json(path)
+            wb, wo = r.get("with_base", {}), r.get("weights_only", {})
+            loc = wo.get("location", {})
+            head = [method, str(n), str(wb.get("location", {}).get("located", "—")),
+                    f"{loc.get('located', '—')} ({f(loc.get('precision'))} / {f(loc.get('recall'))})",
+                    f"{f(wb.get('tracing_top5_all_layers', {}).get('accuracy'))} / "
+                    f"{f(wo.get('tracing_top5', {}).get('accuracy'))}"]
+            for part in ("svd_located", "svd_true_layers", "reedit", "project", "finetune"):
+                row = r.get(part)
+                if row is None:
+                    continue
+                if "skipped" in row:
+                    lines.append("| " + " | ".join(head + [part, row["skipped"], "—", "—", "—"]) + " |")
+                    continue
+                down = f"{f(r.get('downstream_edited'), 3)} → {f(row.get('downstream'), 3)}"
+                lines.append("| " + " | ".join(head + [part, f"{row['reversed']}/{row['made_hold']}",
+                                                      f(row["es_mean"]), down, f(row["seconds"], 0)]) + " |")
+                head = ["", "", "", "", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("make-edits", "measure"))
+    parser.add_argument("what", choices=("make-edits", "measure", "table"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--limit", type=int, default=10, help="downstream items per commonsense task (0: skip)")
@@ -210,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.what == "make-edits":
         make_edits(args)
-    else:
+    elif args.what == "measure":
         measure(args)
+    else:
+        print(table(args))
     return 0
 
 
