@@ -135,7 +135,7 @@ def trace_directions(reader: DirectionReader, layer: int, u: torch.Tensor, sigma
 
 def first_token(tok: Any, target: str) -> int:
     """The first token of a target as the model continues a prompt with it (" " + target)."""
-    from editdecay.evaluate.scoring import continuation
+    from editdecay.data.tokens import continuation
 
     return int(tok(continuation(target), add_special_tokens=False)["input_ids"][0])
 

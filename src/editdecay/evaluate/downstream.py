@@ -26,8 +26,9 @@ import numpy as np
 from torch import nn
 
 from editdecay.data.corpora import COMMONSENSE_TASKS, MCItem, alpaca_prompt, canonical_task, load_commonsense
+from editdecay.data.tokens import continuation
 from editdecay.errors import ConfigError
-from editdecay.evaluate.scoring import continuation, score_alternatives
+from editdecay.evaluate.scoring import score_alternatives
 
 ANSWER_PREFIX = "the correct answer is"
 MODES = ("loglik", "generate")

@@ -31,8 +31,9 @@ import numpy as np
 from torch import nn
 
 from editdecay.data.records import EditRecord
+from editdecay.data.tokens import continuation
 from editdecay.errors import DataError
-from editdecay.evaluate.scoring import TokenScores, continuation, score_alternatives
+from editdecay.evaluate.scoring import TokenScores, score_alternatives
 
 
 def metric_family(record: EditRecord) -> str:

@@ -7,7 +7,9 @@ Tokenisation: the prompt and the continuation are tokenised separately and their
 scored target tokens are exactly ``tok(continuation, add_special_tokens=False)`` whatever the prompt is; the
 prompt gets whatever special tokens the tokenizer puts in front of a text (a BOS for Llama-2/Gemma style
 tokenizers, nothing for GPT-2/SmolLM2). Sequences are sorted by length, right-padded, and run one forward
-per batch; only the logits at target positions are turned into log-probabilities.
+per batch; only the logits at target positions are turned into log-probabilities. The tokenisation rules
+(``continuation``, ``special_prefix``) live in :mod:`editdecay.data.tokens`, shared with the editor, and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -22,12 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.data.tokens import continuation, special_prefix  # noqa: F401 - continuation is re-exported
 from editdecay.errors import ConfigError, DataError
-
-
-def continuation(text: str) -> str:
-    """A target as the model continues a prompt with it: ``" " + text`` unless it already starts with whitespace."""
-    return text if text[:1].isspace() else " " + text
 
 
 @dataclass(frozen=True)
@@ -62,17 +60,6 @@ class TokenScores:
     def token_accuracy(self) -> float:
         """Fraction of target tokens that are top-1 (MEMIT's zsRE accuracy for one prompt)."""
         return sum(self.is_argmax) / len(self.is_argmax)
-
-
-def special_prefix(tok: Any) -> list[int]:
-    """Ids the tokenizer puts in front of any text (e.g. BOS); empty for GPT-2-style tokenizers."""
-    probe = "The"
-    with_special = list(tok(probe)["input_ids"])
-    plain = list(tok(probe, add_special_tokens=False)["input_ids"])
-    for start in range(len(with_special) - len(plain) + 1):
-        if with_special[start:start + len(plain)] == plain:
-            return with_special[:start]
-    raise ConfigError(f"cannot locate the plain tokens of {probe!r} inside the tokenizer's encoding {with_special}")
 
 
 def tokenize_pairs(tok: Any, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:

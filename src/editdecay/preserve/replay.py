@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from editdecay.data.corpora import TrainExample
 from editdecay.data.records import EditRecord
+from editdecay.data.tokens import continuation
 from editdecay.errors import ConfigError, DataError
-from editdecay.evaluate.scoring import continuation
 
 
 def replay_pool(records: Sequence[EditRecord], paraphrases: bool = True) -> list[TrainExample]:
