@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from editdecay.data.records import load_edit_records
-from editdecay.edit import core
 from editdecay.edit.api import edit
 from editdecay.edit.hparams import default_hparams
+from editdecay.edit.prompts import Request, context_templates
 from editdecay.edit.stats import StatsCache, second_moments, second_moments_per_layer
+from editdecay.edit.targets import compute_target_reference, compute_targets
 from editdecay.models.arch import get_adapter
 from editdecay.models.registry import load_model
 from editdecay.util.env import library_versions, machine_info
@@ -61,26 +62,26 @@ def bench_stats(model, tok, adapter, layers, n_tokens, repeats):
 
 def bench_targets(model, tok, adapter, records, block, ref_per_block, full_per_block):
     hp = default_hparams("memit", model)
-    templates = core.context_templates(model, tok, hp.context_template_length_params, seed=0)
-    requests = [core.Request.from_record(r) for r in records]
+    templates = context_templates(model, tok, hp.context_template_length_params, seed=0)
+    requests = [Request.from_record(r) for r in records]
     rates = {"batched": [], "batched_no_prefix_cache": [], "reference": []}
     z_diff, probs = 0.0, []
     for lo in range(0, len(requests), block):
         chunk = requests[lo:lo + block]
         hp.z_prefix_cache = True
         t = time.perf_counter()
-        got = core.compute_targets(model, tok, adapter, chunk, templates, hp)
+        got = compute_targets(model, tok, adapter, chunk, templates, hp)
         rates["batched"].append((time.perf_counter() - t) / len(chunk))
         probs += got.prob
         if full_per_block:
             hp.z_prefix_cache = False
             t = time.perf_counter()
-            core.compute_targets(model, tok, adapter, chunk[:full_per_block], templates, hp)
+            compute_targets(model, tok, adapter, chunk[:full_per_block], templates, hp)
             rates["batched_no_prefix_cache"].append((time.perf_counter() - t) / min(full_per_block, len(chunk)))
             hp.z_prefix_cache = True
         for i, req in enumerate(chunk[:ref_per_block]):
             t = time.perf_counter()
-            z_ref = core.compute_target_reference(model, tok, adapter, req, templates, hp)[0]
+            z_ref = compute_target_reference(model, tok, adapter, req, templates, hp)[0]
             rates["reference"].append(time.perf_counter() - t)
             z_diff = max(z_diff, float((z_ref - got.z[i]).abs().max() / got.z[i].abs().max()))
         print(f"[bench] targets block {lo // block + 1}: batched {rates['batched'][-1]:.2f} s/request, "

@@ -107,7 +107,7 @@ def sharded_targets(model, tok, adapter, requests, templates, hp, z_dir: Path, s
     """
     import torch
 
-    from editdecay.edit import core
+    from editdecay.edit.targets import Targets, compute_targets
     from editdecay.util.io import atomic_write_json
 
     n_slices = max(1, -(-len(requests) // CHUNK))
@@ -118,17 +118,17 @@ def sharded_targets(model, tok, adapter, requests, templates, hp, z_dir: Path, s
         if shard is None or not timing.exists():
             print(f"[sweep] target values slice {c + 1}/{n_slices}", file=sys.stderr)
         t = time.perf_counter()
-        got = core.compute_targets(model, tok, adapter, requests[c * CHUNK:(c + 1) * CHUNK], templates, hp,
-                                   progress=True, checkpoint_dir=z_dir)
+        got = compute_targets(model, tok, adapter, requests[c * CHUNK:(c + 1) * CHUNK], templates, hp,
+                              progress=True, checkpoint_dir=z_dir)
         if not timing.exists():  # the first run that computed this slice records how long it took
             atomic_write_json(timing, {"seconds": time.perf_counter() - t, "threads": torch.get_num_threads()})
         seconds += json.loads(timing.read_text())["seconds"]
         parts.append(got)
     if shard is not None:
         return None
-    targets = core.Targets(torch.cat([p.z for p in parts]), torch.cat([p.h_init for p in parts]), parts[0].layer,
-                           sum((p.loss for p in parts), []), sum((p.prob for p in parts), []),
-                           sum((p.steps for p in parts), []))
+    targets = Targets(torch.cat([p.z for p in parts]), torch.cat([p.h_init for p in parts]), parts[0].layer,
+                      sum((p.loss for p in parts), []), sum((p.prob for p in parts), []),
+                      sum((p.steps for p in parts), []))
     return targets, seconds
 
 
@@ -157,10 +157,11 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
     import torch
 
     from editdecay.data.records import load_edit_records
-    from editdecay.edit import core
     from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
     from editdecay.edit.hparams import hparams_from_dict
     from editdecay.edit.memit import MemitRule
+    from editdecay.edit.prompts import Request, context_templates
+    from editdecay.edit.spread import apply_update
     from editdecay.edit.stats import StatsCache, second_moments
     from editdecay.evaluate.api import evaluate_edits
     from editdecay.models.arch import get_adapter
@@ -178,7 +179,7 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
     adapter = get_adapter(model)
     lo, hi = records_slice
     records = load_edit_records(data, n=hi)[lo:hi]
-    requests = [core.Request.from_record(r) for r in records]
+    requests = [Request.from_record(r) for r in records]
     cache = StatsCache.default()
 
     base_key = f"unedited|{model_name}|{data}|{lo}-{hi}" if model_name != "smollm2-135m" else f"unedited|{data}|{lo}-{hi}"
@@ -190,7 +191,7 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
         with open(results_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         done[base_key] = row
-    templates = core.context_templates(model, tok, [[10, 5]], seed=0)
+    templates = context_templates(model, tok, [[10, 5]], seed=0)
     todo = [(g, c) for g, c in configs if f"{label}|{cfg_key(c)}" not in done]
     print(f"[sweep] {len(configs) - len(todo)} done, {len(todo)} to run", file=sys.stderr)
     # group by target-value settings so z is computed once per group
@@ -225,7 +226,7 @@ def run(configs: list[tuple[str, dict]], records_slice: tuple[int, int], out: Pa
             # and make every later configuration recompute its statistics)
             saved = {la: adapter.rewrite_weight(model, la).detach().clone() for la in hp.layers}
             try:
-                deltas = core.apply_update(model, tok, adapter, requests, templates, hp, targets, rule)
+                deltas = apply_update(model, tok, adapter, requests, templates, hp, targets, rule)
             except Exception as exc:  # noqa: BLE001 - a failing setting is a result too
                 deltas, error = None, f"{type(exc).__name__}: {exc}"
             t2 = time.perf_counter()

@@ -16,11 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from editdecay.data.records import EditRecord
-from editdecay.edit import core
 from editdecay.edit.api import edit
 from editdecay.edit.hparams import hparams_from_dict
+from editdecay.edit.keys import compute_keys, subject_pass
 from editdecay.edit.memit import MemitRule
+from editdecay.edit.prompts import Encoder, Request, SubjectPrompts
+from editdecay.edit.spread import apply_update
 from editdecay.edit.stats import second_moments
+from editdecay.edit.targets import compute_targets
 from editdecay.errors import ConfigError
 from editdecay.evaluate.api import evaluate_model
 from editdecay.finetune.api import finetune
@@ -65,19 +68,19 @@ def test_bf16_spreading_lands_on_targets_like_float32(make_tiny, arch):
     keys_model = copy.deepcopy(model32)
     adapter = get_adapter(model16)
     hp = hparams_from_dict("memit", dict(FAST, mom2_update_weight=1e-4, max_condition=1e16))
-    requests = [core.Request.from_record(r) for r in RECORDS]
+    requests = [Request.from_record(r) for r in RECORDS]
     bare = [["{}"]]  # keys of the bare prompt only: the update must then reproduce the targets exactly
     before = {k: v.clone() for k, v in model16.state_dict().items()}
-    targets = core.compute_targets(model16, tok, adapter, requests, bare, hp, cache=None)
+    targets = compute_targets(model16, tok, adapter, requests, bare, hp, cache=None)
     assert targets.z.dtype == torch.float32 and min(targets.prob) > 0
     deltas = {}
     for m in (model16, model32):
         cov = second_moments(m, tok, adapter, hp.layers, n_tokens=hp.mom2_n_tokens, seq_len=64, cache=None).cov
         assert all(c.dtype == torch.float64 for c in cov.values())
-        deltas[m.dtype] = core.apply_update(m, tok, adapter, requests, bare, hp, targets,
-                                            MemitRule(cov, hp.mom2_update_weight, hp.max_condition))
-    prompts = core.SubjectPrompts.build(core.Encoder(tok), requests, bare)
-    res = core.subject_pass(model16, adapter, prompts, key_layers=[1], z_layer=2)
+        deltas[m.dtype] = apply_update(m, tok, adapter, requests, bare, hp, targets,
+                                       MemitRule(cov, hp.mom2_update_weight, hp.max_condition))
+    prompts = SubjectPrompts.build(Encoder(tok), requests, bare)
+    res = subject_pass(model16, adapter, prompts, key_layers=[1], z_layer=2)
     left = (targets.z - res.z_out).norm(dim=-1) / (targets.z - targets.h_init).norm(dim=-1)
     assert left.max() < (0.5 if arch == "gemma3_text" else 0.05), left  # Gemma: see test_edit_tiny.py
     after = model16.state_dict()
@@ -88,7 +91,7 @@ def test_bf16_spreading_lands_on_targets_like_float32(make_tiny, arch):
         if arch == "gemma3_text":
             continue  # its norm inversion amplifies bf16 rounding of the unreachable part of the residual
         layer = int(next(t for t in name.split(".") if t.isdigit()))
-        k = core.compute_keys(keys_model, tok, adapter, layer, requests, bare)  # [n, d_in]
+        k = compute_keys(keys_model, tok, adapter, layer, requests, bare)  # [n, d_in]
         v16 = adapter.as_out_in(delta) @ k.T
         v32 = adapter.as_out_in(deltas[torch.float32][name]) @ k.T
         assert float((v16 - v32).norm() / v32.norm()) < 0.05, name
@@ -105,15 +108,15 @@ def test_bf16_alphaedit_update_like_float32(make_tiny, arch):
     keys_model = copy.deepcopy(model32)
     adapter = get_adapter(model16)
     hp = hparams_from_dict("alphaedit", dict(FAST, nullspace_threshold=1e-3))
-    requests = [core.Request.from_record(r) for r in RECORDS]
+    requests = [Request.from_record(r) for r in RECORDS]
     templates = [["{}"], ["The cat sat on the mat. {}"]]
-    targets = core.compute_targets(model32, tok, adapter, requests, templates, hp, cache=None)
+    targets = compute_targets(model32, tok, adapter, requests, templates, hp, cache=None)
     states, deltas = {}, {}
     for m in (model16, model32):
         cov = second_moments(m, tok, adapter, hp.layers, n_tokens=hp.mom2_n_tokens, seq_len=64, cache=None).cov
         states[m.dtype] = AlphaEditState.from_stats(cov, hp.nullspace_threshold, device="cpu")
-        deltas[m.dtype] = core.apply_update(m, tok, adapter, requests, templates, hp, targets,
-                                            AlphaEditRule(states[m.dtype], hp.L2))
+        deltas[m.dtype] = apply_update(m, tok, adapter, requests, templates, hp, targets,
+                                       AlphaEditRule(states[m.dtype], hp.L2))
     s16, s32 = states[torch.bfloat16], states[torch.float32]
     for layer, proj in s16.projections.items():
         assert (proj.basis if proj.basis is not None else proj.full).dtype == torch.float64
@@ -121,7 +124,7 @@ def test_bf16_alphaedit_update_like_float32(make_tiny, arch):
         assert abs(proj.rank - s32.projections[layer].rank) <= 1
     for name, delta in deltas[torch.bfloat16].items():
         layer = int(next(t for t in name.split(".") if t.isdigit()))
-        k = core.compute_keys(keys_model, tok, adapter, layer, requests, templates)
+        k = compute_keys(keys_model, tok, adapter, layer, requests, templates)
         v16, v32 = adapter.as_out_in(delta) @ k.T, adapter.as_out_in(deltas[torch.float32][name]) @ k.T
         assert float((v16 - v32).norm() / v32.norm()) < 0.1, name
     result = edit(_bf16(make_tiny(arch)[0]), tok, RECORDS, method="alphaedit", overrides=FAST, stats_cache=False,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState, NullSpaceProjection, alphaedit_delta
-from editdecay.edit.core import solve_checked
+from editdecay.edit.linalg import solve_checked
 from editdecay.edit.memit import MemitRule, memit_delta
 from editdecay.errors import NumericalError
 

@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
+import editdecay.edit.targets as targets_mod
 from editdecay.data.records import EditRecord
-from editdecay.edit import core
 from editdecay.edit.api import apply_deltas, edit, edit_to_folder, load_deltas
 from editdecay.edit.hparams import (
     AlphaEditHparams,
@@ -25,8 +25,13 @@ from editdecay.edit.hparams import (
     parse_override,
     resolve_hparams,
 )
+from editdecay.edit.keys import subject_pass
+from editdecay.edit.linalg import through_output_norm
 from editdecay.edit.memit import MemitRule
+from editdecay.edit.prompts import Encoder, Request, SubjectPrompts
+from editdecay.edit.spread import apply_update
 from editdecay.edit.stats import StatsCache, second_moments
+from editdecay.edit.targets import compute_target_reference, compute_targets
 from editdecay.errors import ConfigError, DataError, NumericalError
 from editdecay.models.arch import get_adapter
 
@@ -58,12 +63,12 @@ def test_batched_targets_equal_one_request_reference(make_tiny, arch):
     _sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
-    requests = [core.Request.from_record(r) for r in RECORDS]
-    ref = torch.stack([core.compute_target_reference(model, tok, adapter, r, TEMPLATES, hp)[0] for r in requests])
+    requests = [Request.from_record(r) for r in RECORDS]
+    ref = torch.stack([compute_target_reference(model, tok, adapter, r, TEMPLATES, hp)[0] for r in requests])
     for cached in (True, False):
         hp.z_prefix_cache = cached
         hp.z_batch_size = 2  # two chunks
-        got = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
+        got = compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
         torch.testing.assert_close(got.z, ref, rtol=1e-4, atol=1e-4)
         assert got.steps == [4, 4, 4]
         assert all(loss < float("inf") for loss in got.loss)
@@ -75,16 +80,16 @@ def test_spreading_lands_on_targets_and_deltas_are_exact(make_tiny, arch):
     _sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", dict(FAST, mom2_update_weight=1e-4, max_condition=1e16))
-    requests = [core.Request.from_record(r) for r in RECORDS]
+    requests = [Request.from_record(r) for r in RECORDS]
     bare = [["{}"]]  # keys of the bare prompt only: the update must then reproduce the targets exactly
     stats = second_moments(model, tok, adapter, hp.layers, n_tokens=hp.mom2_n_tokens, seq_len=64, cache=None)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    targets = core.compute_targets(model, tok, adapter, requests, bare, hp)
-    deltas = core.apply_update(model, tok, adapter, requests, bare, hp, targets,
-                               MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition))
+    targets = compute_targets(model, tok, adapter, requests, bare, hp)
+    deltas = apply_update(model, tok, adapter, requests, bare, hp, targets,
+                          MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition))
     # the layer-L output at the subject now equals the optimised target z
-    prompts = core.SubjectPrompts.build(core.Encoder(tok), requests, bare)
-    res = core.subject_pass(model, adapter, prompts, key_layers=[1], z_layer=2)
+    prompts = SubjectPrompts.build(Encoder(tok), requests, bare)
+    res = subject_pass(model, adapter, prompts, key_layers=[1], z_layer=2)
     moved = (targets.z - targets.h_init).norm(dim=-1)
     left = (targets.z - res.z_out).norm(dim=-1)
     # Gemma adds the MLP output through a norm: a layer can only add vectors of bounded size, so part of a
@@ -153,13 +158,13 @@ def test_output_norm_inversion_recovers_reachable_changes(make_tiny):
     true_step = 0.3 * torch.randn(5, 64, generator=g)
     with torch.no_grad():
         resid = norm(out + true_step) - norm(out)
-    step = core.through_output_norm(norm, out, resid)
+    step = through_output_norm(norm, out, resid)
     with torch.no_grad():
         got = norm(out + step) - norm(out)
     torch.testing.assert_close(got, resid, rtol=1e-3, atol=1e-3)
     # an unreachable change is approached, never made worse
     far = 100 * torch.randn(5, 64, generator=g)
-    step = core.through_output_norm(norm, out, far)
+    step = through_output_norm(norm, out, far)
     with torch.no_grad():
         assert ((norm(out + step) - norm(out) - far).norm(dim=-1) <= far.norm(dim=-1)).all()
 
@@ -214,22 +219,22 @@ def test_bad_statistics_roll_back_partial_updates(make_tiny):
     model, tok = make_tiny("llama", n_layers=4)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
-    requests = [core.Request.from_record(r) for r in RECORDS]
+    requests = [Request.from_record(r) for r in RECORDS]
     stats = second_moments(model, tok, adapter, hp.layers, n_tokens=hp.mom2_n_tokens, seq_len=64, cache=None)
     cov = dict(stats.cov)
     cov[2] = cov[2].clone()
     cov[2][0, 0] = float("nan")  # layer 1 is written first, then layer 2 fails
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    targets = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
+    targets = compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
     with pytest.raises(NumericalError, match=r"layer 2 .*'Paris'"):
-        core.apply_update(model, tok, adapter, requests, TEMPLATES, hp, targets, MemitRule(cov, 10.0))
+        apply_update(model, tok, adapter, requests, TEMPLATES, hp, targets, MemitRule(cov, 10.0))
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n]), n
 
 
 def test_subject_token_found_with_and_without_bos(tiny_tok, tiny_tok_bos):
     for tok in (tiny_tok, tiny_tok_bos):
-        enc = core.Encoder(tok)
+        enc = Encoder(tok)
         for before, subject, after in (("", "Paris", " is"), ("The cat. ", "Danielle Darrieux", "'s mother"),
                                        ("In ", "Rome", ""), ("", "Rome", "")):
             ids, idx = enc.encode_with_subject(before, subject, after)
@@ -237,7 +242,7 @@ def test_subject_token_found_with_and_without_bos(tiny_tok, tiny_tok_bos):
             assert upto.rstrip().endswith(subject[-2:]), (upto, subject)
             assert (ids[0] == tok.bos_token_id) == (tok is tiny_tok_bos)
     with pytest.raises(DataError):
-        core.Request.from_record(EditRecord(case_id="1", subject="x", prompt="no slot", target_new="y"))
+        Request.from_record(EditRecord(case_id="1", subject="x", prompt="no slot", target_new="y"))
 
 
 def test_hparams_defaults_overrides_and_errors(make_tiny):
@@ -290,10 +295,10 @@ def test_target_values_resume_from_checkpoint_after_interruption(make_tiny, tmp_
     _sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", dict(FAST, z_batch_size=2))  # chunks: requests [0, 1] and [2]
-    requests = [core.Request.from_record(r) for r in RECORDS]
-    whole = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
+    requests = [Request.from_record(r) for r in RECORDS]
+    whole = compute_targets(model, tok, adapter, requests, TEMPLATES, hp)
 
-    real = core._optimise_chunk
+    real = targets_mod._optimise_chunk
     calls: list[int] = []
 
     def interrupted(*args, **kwargs):
@@ -302,16 +307,16 @@ def test_target_values_resume_from_checkpoint_after_interruption(make_tiny, tmp_
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core, "_optimise_chunk", interrupted)
+    monkeypatch.setattr(targets_mod, "_optimise_chunk", interrupted)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+        compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
     # the finished chunk's two requests are stored (one entry per request), nothing half-written
     assert len(list(ckpt.glob("z-*.safetensors"))) == 2 and not list(ckpt.glob("*.tmp*"))
 
     calls.clear()
-    monkeypatch.setattr(core, "_optimise_chunk", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
-    resumed = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+    monkeypatch.setattr(targets_mod, "_optimise_chunk", lambda *a, **k: calls.append(len(a[4])) or real(*a, **k))
+    resumed = compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
     assert calls == [1]  # only the unfinished chunk (request 2) was optimised
     torch.testing.assert_close(resumed.z, whole.z)
     torch.testing.assert_close(resumed.h_init, whole.h_init)
@@ -320,7 +325,7 @@ def test_target_values_resume_from_checkpoint_after_interruption(make_tiny, tmp_
     calls.clear()
     with torch.no_grad():
         adapter.rewrite_weight(model, 0).add_(1e-3)  # a different model: nothing may be reused
-    core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
+    compute_targets(model, tok, adapter, requests, TEMPLATES, hp, checkpoint_dir=ckpt)
     assert calls == [2, 1]
 
 

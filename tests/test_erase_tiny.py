@@ -105,11 +105,12 @@ def test_remove_top_components_and_project_out_keys(make_tiny):
     assert removed[2] == pytest.approx([float(x) for x in s[:3]], rel=1e-5)
     torch.testing.assert_close(torch.linalg.svdvals(after)[:-3], s[3:], rtol=1e-4, atol=1e-5)
     # key projection: the matrix no longer answers the records' keys, and nothing orthogonal to them changes
-    from editdecay.edit import core
+    from editdecay.edit.keys import compute_keys
+    from editdecay.edit.prompts import Request, context_templates
 
     reverse.project_out_keys(model, tok, adapter, RECORDS, [1])
-    keys = core.compute_keys(model, tok, adapter, 1, [core.Request.from_record(r) for r in RECORDS],
-                             core.context_templates(model, tok)).double()
+    keys = compute_keys(model, tok, adapter, 1, [Request.from_record(r) for r in RECORDS],
+                        context_templates(model, tok)).double()
     out = locate.rewrite_matrix(model, adapter, 1) @ keys.T
     assert float(out.norm()) < 1e-4 * float(keys.norm())
 

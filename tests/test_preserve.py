@@ -135,7 +135,8 @@ def test_replay_mixes_the_asked_rate(edits, tmp_path, train_file):
 
 def test_reedit_brings_the_edited_layer_back_to_its_target(edits, tmp_path, train_file):
     """Fine-tuning moves layer L's output at the subject tokens away from z; the re-edit brings it back."""
-    from editdecay.edit.core import Encoder, SubjectPrompts, subject_pass
+    from editdecay.edit.keys import subject_pass
+    from editdecay.edit.prompts import Encoder, SubjectPrompts
     from editdecay.models.registry import load_model
 
     edit_dir = edits["llama"]

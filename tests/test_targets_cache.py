@@ -7,9 +7,11 @@ import pytest
 import torch
 from test_edit_tiny import FAST, RECORDS, TEMPLATES, _sharpen
 
-from editdecay.edit import core
+import editdecay.edit.targets as targets_mod
 from editdecay.edit.api import edit
 from editdecay.edit.hparams import hparams_from_dict
+from editdecay.edit.prompts import Request
+from editdecay.edit.targets import compute_targets
 from editdecay.edit.targets_cache import TargetCache
 from editdecay.models.arch import get_adapter
 
@@ -17,14 +19,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _counting(monkeypatch):
-    real = core._optimise_chunk
+    real = targets_mod._optimise_chunk
     calls: list[int] = []
 
     def counted(*args, **kwargs):
         calls.append(len(args[4]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core, "_optimise_chunk", counted)
+    monkeypatch.setattr(targets_mod, "_optimise_chunk", counted)
     return calls
 
 
@@ -33,18 +35,18 @@ def test_subset_in_another_order_reuses_every_request(make_tiny, tmp_path, monke
     _sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
-    requests = [core.Request.from_record(r) for r in RECORDS]
+    requests = [Request.from_record(r) for r in RECORDS]
     cache = TargetCache(tmp_path / "z")
     calls = _counting(monkeypatch)
-    whole = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
+    whole = compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
     assert calls == [3] and len(cache) == 3
     calls.clear()
-    part = core.compute_targets(model, tok, adapter, [requests[2], requests[0]], TEMPLATES, hp, cache=cache)
+    part = compute_targets(model, tok, adapter, [requests[2], requests[0]], TEMPLATES, hp, cache=cache)
     assert calls == []  # nothing optimised again
     torch.testing.assert_close(part.z, whole.z[[2, 0]])
     assert part.prob == [whole.prob[2], whole.prob[0]]
     # alone, a request gets the same z as inside a batch (each request has its own δ and loss terms)
-    alone = core.compute_targets(model, tok, adapter, [requests[1]], TEMPLATES, hp)
+    alone = compute_targets(model, tok, adapter, [requests[1]], TEMPLATES, hp)
     torch.testing.assert_close(alone.z, whole.z[[1]], atol=1e-4, rtol=1e-4)
 
 
@@ -52,16 +54,16 @@ def test_changed_settings_or_templates_are_not_reused(make_tiny, tmp_path, monke
     model, tok = make_tiny("llama", n_layers=4)
     _sharpen(model)
     adapter = get_adapter(model)
-    requests = [core.Request.from_record(r) for r in RECORDS[:2]]
+    requests = [Request.from_record(r) for r in RECORDS[:2]]
     cache = TargetCache(tmp_path / "z")
     calls = _counting(monkeypatch)
-    core.compute_targets(model, tok, adapter, requests, TEMPLATES, hparams_from_dict("memit", FAST), cache=cache)
-    core.compute_targets(model, tok, adapter, requests, TEMPLATES,
-                         hparams_from_dict("memit", dict(FAST, clamp_norm_factor=1.5)), cache=cache)
-    core.compute_targets(model, tok, adapter, requests, [["{}"]], hparams_from_dict("memit", FAST), cache=cache)
+    compute_targets(model, tok, adapter, requests, TEMPLATES, hparams_from_dict("memit", FAST), cache=cache)
+    compute_targets(model, tok, adapter, requests, TEMPLATES,
+                    hparams_from_dict("memit", dict(FAST, clamp_norm_factor=1.5)), cache=cache)
+    compute_targets(model, tok, adapter, requests, [["{}"]], hparams_from_dict("memit", FAST), cache=cache)
     # the update rule's settings do not enter z: a different λ reuses it
-    core.compute_targets(model, tok, adapter, requests, TEMPLATES,
-                         hparams_from_dict("memit", dict(FAST, mom2_update_weight=3.0)), cache=cache)
+    compute_targets(model, tok, adapter, requests, TEMPLATES,
+                    hparams_from_dict("memit", dict(FAST, mom2_update_weight=3.0)), cache=cache)
     assert calls == [2, 2, 2]
 
 
@@ -94,12 +96,12 @@ def test_damaged_entry_is_recomputed(make_tiny, tmp_path, monkeypatch, capsys):
     _sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
-    requests = [core.Request.from_record(r) for r in RECORDS[:1]]
+    requests = [Request.from_record(r) for r in RECORDS[:1]]
     cache = TargetCache(tmp_path / "z")
-    first = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
+    first = compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
     (entry,) = list((tmp_path / "z").glob("z-*.safetensors"))
     entry.write_bytes(b"not a safetensors file")
     calls = _counting(monkeypatch)
-    again = core.compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
+    again = compute_targets(model, tok, adapter, requests, TEMPLATES, hp, cache=cache)
     assert calls == [1] and "unusable" in capsys.readouterr().err
     torch.testing.assert_close(again.z, first.z)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from editdecay.edit.registry import method_names
 from editdecay.models.device import add_device_args
 
 
@@ -16,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "manifest.json. Hyperparameters: the model's defaults, then --hparams FILE, then --set/--layers.",
     )
     p.add_argument("--model", default="smollm2-135m", help="registered name, model folder or hub id (default: smollm2-135m)")
-    p.add_argument("--method", choices=["memit", "alphaedit"], default="memit")
+    p.add_argument("--method", choices=method_names(), default="memit")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="named data set (counterfact, zsre, counterfact-10k, ...) or a data file")
     src.add_argument("--records", help="a records file: any edit format, or an edit/evaluation manifest's records")

@@ -1,20 +1,42 @@
-"""Knowledge editing: MEMIT and AlphaEdit on one shared core (keys, target values, spreading).
+"""Knowledge editing: MEMIT and AlphaEdit as update rules on one pipeline of small modules.
 
-- :mod:`~editdecay.edit.core` keys, target values z, layer-by-layer spreading (method-agnostic)
-- :mod:`~editdecay.edit.stats` second moments of each edited layer's keys, one pass, disk cache
-- :mod:`~editdecay.edit.memit`, :mod:`~editdecay.edit.alphaedit` the update rules only
-- :mod:`~editdecay.edit.hparams` hyperparameter dataclasses and the per-model defaults table
+The pipeline, in the order an edit runs it (each module imports only the ones before it):
+
+- :mod:`~editdecay.edit.hooks` start/stop a forward at a layer, run the decoder, freeze the model
+- :mod:`~editdecay.edit.prompts` requests, the editor's tokenisation, context templates, the prompt batches
+- :mod:`~editdecay.edit.keys` keys at the subject's last token (one pass for several layers)
+- :mod:`~editdecay.edit.replay`, :mod:`~editdecay.edit.targets` target values z (batched Adam on δ at layer L);
+  :mod:`~editdecay.edit.targets_cache` keeps each request's z on disk
+- :mod:`~editdecay.edit.stats` (+ ``stats_text``) second moments of each edited layer's keys, disk cache
+- :mod:`~editdecay.edit.linalg` checked solves, output-norm inversion
+- :mod:`~editdecay.edit.spread` the layer-by-layer update through a method's :class:`UpdateRule`
+- :mod:`~editdecay.edit.memit`, :mod:`~editdecay.edit.alphaedit` the update rules (and AlphaEdit's state)
+- :mod:`~editdecay.edit.hparams_classes`, :mod:`~editdecay.edit.registry`, :mod:`~editdecay.edit.hparams`
+  hyperparameter dataclasses -> the method registry (name -> hparams class, rule, state) -> defaults + loader
 - :mod:`~editdecay.edit.api` ``edit``, ``edit_to_folder``, ``apply_deltas``
 
-May import: :mod:`editdecay.models`, :mod:`editdecay.data`, :mod:`editdecay.util` and
-:mod:`editdecay.errors`; never finetune, experiment or report. Known exception, to go in the issue-14
-restructure: ``core`` and ``stats`` take the tokenisation rules (``continuation``, ``special_prefix``) from
-``evaluate.scoring``.
+May import: :mod:`editdecay.models`, :mod:`editdecay.data` (records, and ``data.tokens``: the tokenisation rules
+shared with evaluation), :mod:`editdecay.util` and :mod:`editdecay.errors`; never evaluate, finetune,
+experiment or report. The names below are loaded on first use, so ``editdecay.edit.registry`` and
+``editdecay.edit.hparams`` can be read without importing torch.
 """
 
-from editdecay.edit.api import EditResult, apply_deltas, edit, edit_to_folder, load_deltas
-from editdecay.edit.hparams import AlphaEditHparams, EditHparams, default_hparams, hparams_from_dict
-from editdecay.edit.stats import StatsCache
+from __future__ import annotations
 
-__all__ = ["EditResult", "edit", "edit_to_folder", "apply_deltas", "load_deltas", "EditHparams",
-           "AlphaEditHparams", "default_hparams", "hparams_from_dict", "StatsCache"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "EditResult": "api", "edit": "api", "edit_to_folder": "api", "apply_deltas": "api", "load_deltas": "api",
+    "EditHparams": "hparams", "AlphaEditHparams": "hparams", "default_hparams": "hparams",
+    "hparams_from_dict": "hparams", "StatsCache": "stats", "get_method": "registry", "method_names": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"editdecay.edit.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'editdecay.edit' has no attribute {name!r}")
+
+
+__all__ = list(_EXPORTS)

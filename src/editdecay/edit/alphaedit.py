@@ -14,12 +14,15 @@ eigendecomposition and the solves run on the device they are given (the model's:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from editdecay.edit.core import solve_checked
+from editdecay.edit.linalg import solve_checked
 from editdecay.errors import ConfigError
 
 
@@ -148,7 +151,7 @@ class AlphaEditState:
 
 @dataclass
 class AlphaEditRule:
-    """AlphaEdit as an :class:`~editdecay.edit.core.UpdateRule` over an explicit :class:`AlphaEditState`."""
+    """AlphaEdit as an :class:`~editdecay.edit.spread.UpdateRule` over an explicit :class:`AlphaEditState`."""
 
     state: AlphaEditState
     L2: float
@@ -164,3 +167,24 @@ class AlphaEditRule:
             kkt = k @ k.T
             self.state.prev_cov[layer] = self.state.prev_cov[layer] + kkt if layer in self.state.prev_cov else kkt
         self.state.n_edits += next(iter(keys.values())).shape[1] if keys else 0
+
+
+STATE = AlphaEditState
+
+
+def build_rule(hp: Any, stats: Any, *, state: AlphaEditState | None = None, device: Any = None,
+               timings: dict[str, float] | None = None, log: Callable[[str], None] | None = None
+               ) -> tuple[AlphaEditRule, AlphaEditState]:
+    """The registry's factory (:mod:`editdecay.edit.registry`): a fresh state from ``stats`` (projections
+    decomposed on ``device``) unless one is given to continue a sequence; its time goes to ``timings["projection"]``."""
+    t = time.perf_counter()
+    if state is None:
+        state = AlphaEditState.from_stats({layer: stats.cov[layer] for layer in hp.layers},
+                                          hp.nullspace_threshold, stats.stats_id, device=device)
+    state.check(hp.layers, hp.nullspace_threshold)
+    rule = AlphaEditRule(state, hp.L2)
+    if timings is not None:
+        timings["projection"] = time.perf_counter() - t
+    if log:
+        log(f"null-space ranks {state.ranks()} (threshold {hp.nullspace_threshold})")
+    return rule, state

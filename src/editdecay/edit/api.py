@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 from editdecay.data.records import EditRecord
-from editdecay.edit import core
-from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
+from editdecay.edit.hooks import model_device
 from editdecay.edit.hparams import EditHparams, resolve_hparams
-from editdecay.edit.memit import MemitRule
+from editdecay.edit.prompts import Request, context_templates
+from editdecay.edit.registry import get_method
+from editdecay.edit.spread import apply_update
 from editdecay.edit.stats import StatsCache, second_moments, stats_kwargs
+from editdecay.edit.targets import compute_targets
 from editdecay.edit.targets_cache import TargetCache, as_cache
 from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.models.arch import get_adapter
@@ -54,7 +56,7 @@ class EditResult:
     target_loss: list[float] = field(default_factory=list)
     target_prob: list[float] = field(default_factory=list)
     target_steps: list[int] = field(default_factory=list)
-    state: AlphaEditState | None = None
+    state: Any = None  # the method's state after the edit (AlphaEdit's), None for a stateless method
     n_batches: int = 1
     statistics: dict[str, Any] = field(default_factory=dict)  # what the second moments were counted from
 
@@ -102,21 +104,22 @@ def edit(
     progress: bool = True,
     *,
     overrides: dict[str, Any] | None = None,
-    state: AlphaEditState | None = None,
+    state: Any = None,
     checkpoint_dir: str | os.PathLike | None = None,
     targets_cache: TargetCache | str | os.PathLike | bool | None = None,
 ) -> EditResult:
-    """Write ``records`` into ``model`` IN PLACE with MEMIT or AlphaEdit and return the deltas.
+    """Write ``records`` into ``model`` IN PLACE with a registered method (MEMIT, AlphaEdit) and return the deltas.
 
     ``hparams``: a dataclass, a dict or a YAML/JSON file, applied over the model's defaults
     (:func:`~editdecay.edit.hparams.default_hparams`); ``overrides`` last. ``stats_cache``: a
     :class:`StatsCache` (default: ``$EDITDECAY_HOME/stats``), or False for none. ``batch_size``: edit
     sequentially in batches of this many records (default: all in one batch); AlphaEdit remembers the keys
-    of earlier batches (pass ``state`` to continue a previous call's sequence). ``targets_cache``: where
+    of earlier batches (pass ``state``, the method's state class in :mod:`editdecay.edit.registry`, to continue
+    a previous call's sequence). ``targets_cache``: where
     each request's target value z is kept (a :class:`TargetCache` or folder; default ``$EDITDECAY_HOME/targets``;
     False for none): z depends on the model, the request and the z settings but not on the method, so MEMIT and
     AlphaEdit on the same records optimise it once, and a rerun after an interruption resumes instead of
-    starting over (the slow part of a large edit; see :func:`core.compute_targets`). ``checkpoint_dir``: a
+    starting over (the slow part of a large edit; see :func:`editdecay.edit.targets.compute_targets`). ``checkpoint_dir``: a
     target-value folder used instead, when ``targets_cache`` is False.
     """
     t_start = time.perf_counter()
@@ -130,7 +133,7 @@ def edit(
         stats_cache = StatsCache.default()
     elif stats_cache is False:
         stats_cache = None
-    requests = [core.Request.from_record(r) for r in records]
+    requests = [Request.from_record(r) for r in records]
     z_cache = as_cache(targets_cache)
     if z_cache is None and checkpoint_dir is not None:
         z_cache = TargetCache(Path(checkpoint_dir))
@@ -138,7 +141,7 @@ def edit(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    templates = core.context_templates(model, tok, hp.context_template_length_params, seed)
+    templates = context_templates(model, tok, hp.context_template_length_params, seed)
     timings["templates"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -149,20 +152,8 @@ def edit(
         cached = f" ({len(stats.from_cache)} of {len(hp.layers)} layers from the cache)" if stats.from_cache else ""
         log(f"second moments for layers {hp.layers}: {timings['stats']:.1f}s{cached}")
 
-    if method == "alphaedit":
-        t = time.perf_counter()
-        if state is None:
-            state = AlphaEditState.from_stats({layer: stats.cov[layer] for layer in hp.layers},
-                                              hp.nullspace_threshold, stats.stats_id, device=core._device(model))
-        state.check(hp.layers, hp.nullspace_threshold)
-        rule: core.UpdateRule = AlphaEditRule(state, hp.L2)
-        timings["projection"] = time.perf_counter() - t
-        if log:
-            log(f"null-space ranks {state.ranks()} (threshold {hp.nullspace_threshold})")
-    else:
-        if state is not None:
-            raise ConfigError("state is AlphaEdit's; MEMIT keeps no state between batches")
-        rule = MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition)
+    rule, state = get_method(method).build_rule(hp, stats, state=state, device=model_device(model), timings=timings,
+                                                log=log)
 
     size = batch_size or len(requests)
     deltas: dict[str, torch.Tensor] = {}
@@ -175,14 +166,14 @@ def edit(
         batch = requests[lo:lo + size]
         n_batches += 1
         t = time.perf_counter()
-        targets = core.compute_targets(model, tok, adapter, batch, templates, hp, progress=progress, cache=z_cache)
+        targets = compute_targets(model, tok, adapter, batch, templates, hp, progress=progress, cache=z_cache)
         timings["targets"] += time.perf_counter() - t
         if log:
             log(f"batch {n_batches}: target values for {len(batch)} requests in {time.perf_counter() - t:.1f}s, "
                 f"median target prob {statistics.median(targets.prob):.3f}")
         t = time.perf_counter()
-        batch_deltas = core.apply_update(model, tok, adapter, batch, templates, hp, targets, rule,
-                                         progress=progress, log=log)
+        batch_deltas = apply_update(model, tok, adapter, batch, templates, hp, targets, rule,
+                                    progress=progress, log=log)
         timings["update"] += time.perf_counter() - t
         for name, d in batch_deltas.items():
             deltas[name] = deltas[name] + d if name in deltas else d
@@ -193,7 +184,7 @@ def edit(
     return EditResult(
         deltas=deltas, layers=list(hp.layers), hparams=hp, stats_id=stats.stats_id, timings=timings,
         method=method, case_ids=[r.case_id for r in requests], templates=templates, target_loss=losses,
-        target_prob=probs, target_steps=steps, state=state if method == "alphaedit" else None, n_batches=n_batches,
+        target_prob=probs, target_steps=steps, state=state, n_batches=n_batches,
         statistics=stats.manifest_fields(),
     )
 

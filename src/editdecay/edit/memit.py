@@ -8,11 +8,16 @@ on the keys' device (the model's), so a GPU edit never moves d×d systems to the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from editdecay.edit.core import solve_checked
+from editdecay.edit.linalg import solve_checked
+from editdecay.errors import ConfigError
+
+STATE = None  # MEMIT keeps no state between sequential batches
 
 
 def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
@@ -26,7 +31,7 @@ def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam:
 
 @dataclass
 class MemitRule:
-    """MEMIT as an :class:`~editdecay.edit.core.UpdateRule`: ``cov`` maps layer -> C (float64)."""
+    """MEMIT as an :class:`~editdecay.edit.spread.UpdateRule`: ``cov`` maps layer -> C (float64)."""
 
     cov: dict[int, torch.Tensor]
     mom2_update_weight: float
@@ -43,3 +48,11 @@ class MemitRule:
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:  # MEMIT keeps no state between batches
         return None
+
+
+def build_rule(hp: Any, stats: Any, *, state: Any = None, device: Any = None, timings: dict[str, float] | None = None,
+               log: Callable[[str], None] | None = None) -> tuple[MemitRule, None]:
+    """The registry's factory (:mod:`editdecay.edit.registry`): MEMIT over the second moments ``stats.cov``."""
+    if state is not None:
+        raise ConfigError("state is AlphaEdit's; MEMIT keeps no state between batches")
+    return MemitRule(stats.cov, hp.mom2_update_weight, hp.max_condition), None

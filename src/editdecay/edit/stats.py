@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from editdecay.edit.core import _device, _hidden_arg, frozen
+from editdecay.data.tokens import special_prefix
+from editdecay.edit.hooks import frozen, hidden_arg, model_device
 from editdecay.edit.stats_text import Corpus, WindowStream
 from editdecay.errors import DataError
 from editdecay.models.arch import ArchAdapter
@@ -277,7 +278,7 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
              total: int | None = None) -> tuple[dict[int, torch.Tensor], int]:
     """One pass per batch over the windows, capturing every layer in ``layers``; stop at the deepest.
     ``pad_id`` set: batches of unequal windows are right-padded and the padding is left out of C."""
-    device = _device(model)
+    device = model_device(model)
     deepest = max(layers)
     sums: dict[int, torch.Tensor] = {}
     count = 0
@@ -286,7 +287,7 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
 
     def hook_for(layer: int):
         def hook(_m, args, kwargs):
-            x = _hidden_arg(args, kwargs)
+            x = hidden_arg(args, kwargs)
             x = x.reshape(-1, x.shape[-1]).float()  # a bf16/fp16 model's keys: the Gram matrix in float32
             if keep[0] is not None:
                 x = x[keep[0]]
@@ -395,7 +396,6 @@ def second_moments(
     :class:`StatsShortfall`.
     """
     from editdecay.errors import ConfigError
-    from editdecay.evaluate.scoring import special_prefix
 
     start_time = time.perf_counter()
     layers = sorted(set(int(x) for x in layers))

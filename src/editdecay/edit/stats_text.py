@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from editdecay.data.tokens import special_prefix
 from editdecay.errors import DataError
 
 HF_PREFIX = "hf:"
@@ -253,8 +254,6 @@ class WindowStream:
 
     def __init__(self, tok: Any, corpus: Corpus, seq_len: int, n_tokens: int | None = None,
                  n_samples: int | None = None):
-        from editdecay.evaluate.scoring import special_prefix
-
         if (n_tokens is None) == (n_samples is None):
             raise ValueError("give exactly one of n_tokens and n_samples")
         self.tok, self.corpus, self.seq_len = tok, corpus, seq_len

@@ -100,13 +100,14 @@ def project_out_keys(model: nn.Module, tok: Any, adapter: ArchAdapter, records: 
     ``compute_keys``, the same context templates as an edit). What the matrix writes for those keys (the
     edit's value) is removed; directions orthogonal to the keys are untouched. Returns ‖removed‖ per layer.
     """
-    from editdecay.edit import core
+    from editdecay.edit.keys import compute_keys
+    from editdecay.edit.prompts import Request, context_templates
 
-    requests = [core.Request.from_record(r) for r in records]
-    templates = core.context_templates(model, tok)
+    requests = [Request.from_record(r) for r in records]
+    templates = context_templates(model, tok)
     out: dict[int, float] = {}
     for layer in layers:
-        keys = core.compute_keys(model, tok, adapter, layer, requests, templates)  # [n, d_in]
+        keys = compute_keys(model, tok, adapter, layer, requests, templates)  # [n, d_in]
         k = keys.detach().double().T  # [d_in, n]
         q, _ = torch.linalg.qr(k)
         with torch.no_grad():

@@ -41,10 +41,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editdecay.edit.registry import method_names
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.util.io import stable_hash
 
-METHODS = ("memit", "alphaedit")
+METHODS = method_names()  # the method registry (editdecay.edit.registry)
 AXES = {  # YAML key -> the run field it fills
     "models": "model", "methods": "method", "edit_data": "edit_data", "n_edits": "n_edits",
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",

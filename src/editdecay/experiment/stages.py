@@ -110,8 +110,9 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
     The values go to the work folder's per-request pool (:func:`target_pool`), so a larger edit set reuses the
     requests it shares with a smaller one; the artifact records what was computed.
     """
-    from editdecay.edit import core
     from editdecay.edit.hparams import hparams_from_dict
+    from editdecay.edit.prompts import Request, context_templates
+    from editdecay.edit.targets import compute_targets
     from editdecay.edit.targets_cache import TargetCache
     from editdecay.models.arch import get_adapter
     from editdecay.models.registry import load_model
@@ -119,12 +120,12 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
     cfg = spec.config
     model, tok = load_model(model_source(inputs["model"]), dtype=cfg.get("dtype"))
     hp = hparams_from_dict("memit", {k: v for k, v in cfg["z"].items() if v is not None})
-    templates = core.context_templates(model, tok, hp.context_template_length_params, cfg["seed"])
+    templates = context_templates(model, tok, hp.context_template_length_params, cfg["seed"])
     pool = TargetCache(target_pool(ctx))
     before = len(pool)
-    requests = [core.Request.from_record(r) for r in _records(spec)]
-    targets = core.compute_targets(model, tok, get_adapter(model), requests, templates, hp, progress=ctx.progress,
-                                   cache=pool)
+    requests = [Request.from_record(r) for r in _records(spec)]
+    targets = compute_targets(model, tok, get_adapter(model), requests, templates, hp, progress=ctx.progress,
+                              cache=pool)
     summary = {"n_requests": len(requests), "computed": len(pool) - before, "layer": targets.layer,
                "target_prob_median": float(sorted(targets.prob)[len(targets.prob) // 2]),
                "target_prob_min": min(targets.prob)}

@@ -37,7 +37,10 @@ RANK_RTOL = 1e-6  # singular values below this fraction of the largest are not p
 
 def edit_keys(model: nn.Module, tok: Any, spec: EditSpec, which: str = "mean") -> dict[str, torch.Tensor]:
     """{rewritten parameter name: keys [n, d_in] (float64)} at each rewritten projection's input."""
-    from editdecay.edit.core import Encoder, SubjectPrompts, _pad_id, frozen, subject_pass
+    from editdecay.data.tokens import pad_token_id as _pad_id
+    from editdecay.edit.hooks import frozen
+    from editdecay.edit.keys import subject_pass
+    from editdecay.edit.prompts import Encoder, SubjectPrompts
 
     if which not in ("mean", "prompts"):
         raise ConfigError(f"fine-tuning setting 'nullspace_keys' = {which!r}: use mean or prompts")

@@ -68,8 +68,12 @@ def _efficacy(model: nn.Module, tok: Any, spec: EditSpec) -> list[float]:
 def prepare(model: nn.Module, tok: Any, spec: EditSpec, z_source: str = "base", *, stats_cache: Any = None,
             targets_cache: Any = None, progress: bool = False) -> ReeditPlan:
     """Gather z (from ``z_source``), the base model's C and the starting efficacy; ``model`` is not changed."""
-    from editdecay.edit.core import Encoder, SubjectPrompts, _pad_id, compute_targets, frozen, subject_pass
+    from editdecay.data.tokens import pad_token_id as _pad_id
+    from editdecay.edit.hooks import frozen
+    from editdecay.edit.keys import subject_pass
+    from editdecay.edit.prompts import Encoder, SubjectPrompts
     from editdecay.edit.stats import StatsCache, second_moments
+    from editdecay.edit.targets import compute_targets
     from editdecay.edit.targets_cache import as_cache
     from editdecay.models.registry import load_model
 
@@ -120,7 +124,8 @@ def _rule(spec: EditSpec, hp: Any, cov: dict[int, torch.Tensor]) -> Any:
 def apply(model: nn.Module, tok: Any, spec: EditSpec, plan: ReeditPlan, *, reoptimise: bool = True,
           progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Re-solve the edit on ``model`` in place; return (deltas written, report with counts and seconds)."""
-    from editdecay.edit.core import Targets, apply_update, compute_targets
+    from editdecay.edit.spread import apply_update
+    from editdecay.edit.targets import Targets, compute_targets
 
     hp = _hparams(spec)
     adapter = get_adapter(model)

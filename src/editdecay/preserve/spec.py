@@ -51,7 +51,7 @@ class EditSpec:
         return value
 
     def requests(self) -> list:
-        from editdecay.edit.core import Request
+        from editdecay.edit.prompts import Request
 
         return [Request.from_record(r) for r in self.need("records", self.records)]
 
