@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from editdecay.errors import DataError
-from editdecay.evaluate.decay import bootstrap_ci, compare, mcnemar, paired_test, seed_comparison
+from editdecay.evaluate.decay import compare, mcnemar, paired_test, seed_comparison
+from editdecay.stats import bootstrap_ci
 
 
 def ev(efficacy, paraphrase=None, ids=None):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 
-from editdecay.report import stats
+from editdecay import stats
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -135,3 +135,21 @@ def test_relative_decrease_and_matching():
     assert stats.survived(before, after, "efficacy") == {"a": False, "b": True}
     with pytest.raises(stats.DataError, match="no case_id"):
         stats.matched({"x": {"efficacy": 1.0}}, {"y": {"efficacy": 1.0}}, "efficacy")
+
+
+def test_mcnemar_with_thousands_of_discordant_pairs_matches_scipy():
+    # a float sum of C(n, i) / 2^n overflowed past ~1,030 discordant pairs; the integer sum works for any n
+    before = [True] * 700 + [False] * 600 + [True] * 50
+    after = [False] * 700 + [True] * 600 + [True] * 50
+    m = stats.mcnemar_exact(before, after)
+    assert m.pvalue == pytest.approx(float(ss.binomtest(600, 1300, 0.5).pvalue), rel=1e-9)
+    assert stats.binom_cdf(3, 10, 0.3) == pytest.approx(float(ss.binom.cdf(3, 10, 0.3)), rel=1e-12)
+
+
+def test_decay_counts_rates_and_survival_indicators():
+    d = stats.decay([1.0, 1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0, 1.0])
+    assert (d.succeeded_before, d.failed_before, d.flipped, d.emerged) == (4, 1, 2, 1)
+    assert d.efr == 0.5 and d.emergent == 1.0 and d.survival == 0.5
+    assert list(d.survived) == [1.0, 0.0, 1.0, 0.0]
+    assert d.relative_decrease == pytest.approx((0.8 - 0.6) / 0.8 * 100)
+    assert stats.decay([0.0], [1.0]).efr is None and stats.decay([0.0], [0.0]).relative_decrease is None

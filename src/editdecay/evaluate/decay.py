@@ -10,8 +10,9 @@ of its prompts, or of its target tokens for zsRE; CounterFact ES is already 0/1)
 - survival: of the edits that succeeded before, the fraction that still succeed (``1 - EFR``), with a seeded
   percentile-bootstrap confidence interval over those edits.
 
-Paired statistics (McNemar on one pair of evaluations; t-test / Wilcoxon across seeds) are plain functions so
-the report stage can reuse them.
+The statistics themselves (success threshold, the counts and rates, McNemar, the paired tests, the bootstrap)
+are :mod:`editdecay.stats`, shared with the report; this module matches evaluations by case_id and writes the
+results in the JSON shape of ``editdecay compare``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from editdecay import stats
 from editdecay.errors import ConfigError, DataError
 
 SUCCESS_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_acc", "paraphrase_acc", "neighborhood_acc")
@@ -64,24 +66,12 @@ def match_records(
     return list(b), b, a
 
 
-def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
-                 ) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (resampling with replacement, seeded)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
-    alpha = (1.0 - confidence) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
-
-
 def compare(
     before: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     after: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     metrics: Sequence[str] | None = None,
-    threshold: float = 0.5,
-    n_boot: int = 1000,
+    threshold: float = stats.SUCCESS_THRESHOLD,
+    n_boot: int = stats.N_RESAMPLES,
     confidence: float = 0.95,
     seed: int = 0,
     before_name: str = "before",
@@ -93,8 +83,7 @@ def compare(
     ``case_id``. Metrics default to the success metrics both evaluations hold. Undefined values (no edit
     succeeded before, a zero mean before) are ``None``.
     """
-    if not 0.0 <= threshold < 1.0:
-        raise ConfigError(f"threshold must be in [0, 1), got {threshold}")
+    stats.check_threshold(threshold)
     ids, b, a = match_records(before, after, before_name, after_name)
     if metrics is None:
         metrics = [m for m in SUCCESS_METRICS
@@ -112,52 +101,46 @@ def compare(
                             f"for records {missing[:5]}", field=metric)
         if not pairs:
             raise DataError(f"{before_name} vs {after_name}", f"no record has metric {metric!r}", field=metric)
-        vb = np.array([p[0] for p in pairs], dtype=np.float64)
-        va = np.array([p[1] for p in pairs], dtype=np.float64)
-        sb, sa = vb > threshold, va > threshold
-        n_succ, n_fail = int(sb.sum()), int((~sb).sum())
-        flipped, emerged = int((sb & ~sa).sum()), int((~sb & sa).sum())
-        mean_b, mean_a = float(vb.mean()), float(va.mean())
-        out["efr"][metric] = flipped / n_succ if n_succ else None
-        out["emergent"][metric] = emerged / n_fail if n_fail else None
-        out["relative_decrease"][metric] = (mean_b - mean_a) / mean_b * 100.0 if mean_b else None
-        kept = sa[sb].astype(np.float64)
-        low, high = bootstrap_ci(kept, n_boot=n_boot, confidence=confidence, seed=seed) if n_succ else (None, None)
-        out["survival"][metric] = {"rate": float(kept.mean()) if n_succ else None, "ci_low": low, "ci_high": high,
-                                   "confidence": confidence, "n": n_succ}
-        out["counts"][metric] = {"n": len(pairs), "succeeded_before": n_succ, "failed_before": n_fail,
-                                 "flipped": flipped, "emerged": emerged}
-        out["means"][metric] = {"before": mean_b, "after": mean_a}
-        out["paired"][metric] = mcnemar(sb, sa)
+        d = stats.decay([p[0] for p in pairs], [p[1] for p in pairs], threshold)
+        out["efr"][metric] = d.efr
+        out["emergent"][metric] = d.emergent
+        out["relative_decrease"][metric] = d.relative_decrease
+        low, high = (stats.bootstrap_ci(d.survived, n_resamples=n_boot, confidence=confidence, seed=seed)
+                     if d.succeeded_before else (None, None))
+        out["survival"][metric] = {"rate": d.survival, "ci_low": low, "ci_high": high, "confidence": confidence,
+                                   "n": d.succeeded_before}
+        out["counts"][metric] = {"n": d.n, "succeeded_before": d.succeeded_before, "failed_before": d.failed_before,
+                                 "flipped": d.flipped, "emerged": d.emerged}
+        out["means"][metric] = {"before": d.mean_before, "after": d.mean_after}
+        out["paired"][metric] = _mcnemar_json(d.flipped, d.emerged, d.mcnemar)
     return out
 
 
-def mcnemar(before_success: Sequence[bool], after_success: Sequence[bool]) -> dict[str, Any]:
-    """Exact McNemar test on paired binary outcomes: two-sided binomial test on the discordant pairs."""
-    from scipy.stats import binomtest
+def _mcnemar_json(lost: int, gained: int, result: stats.TestResult) -> dict[str, Any]:
+    return {"test": "mcnemar-exact", "lost": lost, "gained": gained, "p_value": result.pvalue}
 
+
+def mcnemar(before_success: Sequence[bool], after_success: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test on paired binary outcomes (:func:`editdecay.stats.mcnemar_exact`), as compare's JSON."""
     sb = np.asarray(before_success, dtype=bool)
     sa = np.asarray(after_success, dtype=bool)
     if sb.shape != sa.shape:
         raise ConfigError(f"paired outcomes differ in length: {sb.shape} vs {sa.shape}")
-    lost, gained = int((sb & ~sa).sum()), int((~sb & sa).sum())
-    p = 1.0 if lost + gained == 0 else float(binomtest(lost, lost + gained, 0.5).pvalue)
-    return {"test": "mcnemar-exact", "lost": lost, "gained": gained, "p_value": p}
+    return _mcnemar_json(int((sb & ~sa).sum()), int((~sb & sa).sum()), stats.mcnemar_exact(sb, sa))
 
 
 def paired_test(before: Sequence[float], after: Sequence[float], test: str = "ttest") -> dict[str, Any]:
-    """Paired test of before vs after across seeds (or any pairing): ``ttest`` (scipy ttest_rel) or ``wilcoxon``."""
-    from scipy import stats
-
+    """Paired test of before vs after across seeds (or any pairing): ``ttest`` (:func:`editdecay.stats.paired_ttest`)
+    or ``wilcoxon`` (:func:`editdecay.stats.wilcoxon_signed_rank`), as compare's JSON."""
     x, y = np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ConfigError(f"paired test needs two equal-length 1-D samples, got {x.shape} and {y.shape}")
     if x.size < 2:
         raise ConfigError(f"paired test needs at least 2 pairs (seeds), got {x.size}")
     if test == "ttest":
-        res = stats.ttest_rel(x, y)
+        res = stats.paired_ttest(x, y)
     elif test == "wilcoxon":
-        res = stats.wilcoxon(x, y)
+        res = stats.wilcoxon_signed_rank(x, y)
     else:
         raise ConfigError(f"unknown paired test {test!r}; use 'ttest' or 'wilcoxon'")
     return {"test": test, "statistic": float(res.statistic), "p_value": float(res.pvalue), "n": int(x.size),

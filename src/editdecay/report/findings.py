@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from editdecay.report import stats
+from editdecay import stats
 from editdecay.report.load import Results, Run
 from editdecay.report.tables import Column, Table, efficacy_drop_tests
 

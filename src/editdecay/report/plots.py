@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from editdecay import stats
 from editdecay.errors import EditDecayError
-from editdecay.report import stats
 from editdecay.report.load import Results, Run, Stage
 from editdecay.report.tables import group_runs, run_decay
 

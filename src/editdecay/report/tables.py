@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from editdecay.report import stats
+from editdecay import stats
 from editdecay.report.load import RUN_KEY, Results, Run
 
 EDIT_METRICS = ("efficacy", "paraphrase", "neighborhood")
@@ -175,13 +175,14 @@ def relative_decrease_table(res: Results, by: str) -> Table:
 
 @dataclass(frozen=True)
 class Decay:
-    """One run's decay of one metric between M_ed and M_ed_ft (from ``evaluate.decay.compare``)."""
+    """One run's decay of one metric between M_ed and M_ed_ft (from :func:`editdecay.stats.decay`)."""
 
     metric: str
     n_success_before: int
     efr: float
     emergent: float
     survival: float
+    survived: tuple[float, ...] = ()  # 0/1 per edit that succeeded before, by case_id: pooled for the CIs
 
 
 def _nan(value: float | None) -> float:
@@ -189,8 +190,9 @@ def _nan(value: float | None) -> float:
 
 
 def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
-    """EFR, emergent edits and survival of one run, matched by case_id; None when a group has no per-record data."""
-    from editdecay.evaluate.decay import compare
+    """EFR, emergent edits and survival of one run, matched by case_id (the two evaluations must hold the same
+    records); None when a group has no per-record data."""
+    from editdecay.evaluate.decay import match_records
 
     before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
     if not before or not after:
@@ -200,10 +202,11 @@ def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
     if not rows_b or not rows_a:
         return None
     where = f"{res.path}: run '{run.run_id}'"
-    out = compare(rows_b, rows_a, metrics=[metric], threshold=stats.SUCCESS_THRESHOLD, n_boot=1,
-                  before_name=f"{where} M_ed", after_name=f"{where} M_ed_ft")
-    return Decay(metric, int(out["counts"][metric]["succeeded_before"]), _nan(out["efr"][metric]),
-                 _nan(out["emergent"][metric]), _nan(out["survival"][metric]["rate"]))
+    ids, b, a = match_records(rows_b, rows_a, f"{where} M_ed", f"{where} M_ed_ft")
+    ids = sorted(ids)
+    d = stats.decay([b[c][metric] for c in ids], [a[c][metric] for c in ids], stats.SUCCESS_THRESHOLD)
+    return Decay(metric, d.succeeded_before, _nan(d.efr), _nan(d.emergent), _nan(d.survival),
+                 tuple(float(v) for v in d.survived))
 
 
 def efr_table(res: Results, seed: int = 0) -> Table:
@@ -229,9 +232,7 @@ def efr_table(res: Results, seed: int = 0) -> Table:
         for metric in DECAY_METRICS:
             row[f"efr_{metric}"] = _mean(d.efr for d in decays[metric])
             row[f"emergent_{metric}"] = _mean(d.emergent for d in decays[metric])
-        indicators = [float(s) for r in runs
-                      for s in stats.survived(res.per_record(r, "M_ed"), res.per_record(r, "M_ed_ft"),
-                                              "efficacy").values()]
+        indicators = [s for d in decays["efficacy"] for s in d.survived]
         row["survival"] = _mean(indicators)
         lo, hi = stats.bootstrap_ci(indicators, seed=seed) if indicators else (None, None)
         row["survival_lo"], row["survival_hi"] = lo, hi
@@ -397,9 +398,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
         for strategy in sorted(by, key=lambda s: (order.get(s, 9), s)):
             runs = sorted(by[strategy], key=lambda r: r.seed)
             decays = [d for r in runs if (d := run_decay(res, r, "efficacy")) is not None]
-            indicators = [float(v) for r in runs for v in stats.survived(res.per_record(r, "M_ed"),
-                                                                          res.per_record(r, "M_ed_ft"),
-                                                                          "efficacy").values()]
+            indicators = [s for d in decays for s in d.survived]
             down = _mean(res.downstream_mean(r, "M_ed_ft") for r in runs)
             row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), preserve=strategy, seeds=len(runs))
             row["n_ok"] = sum(d.n_success_before for d in decays) if decays else None
