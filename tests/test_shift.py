@@ -56,7 +56,7 @@ def folders(tmp_path_factory, tiny_tok):
 
 
 def test_finetuned_equal_to_edited_gives_zero_shift(folders):
-    from editdecay.report.shift import activation_shift
+    from editdecay.analyze.shift import activation_shift
 
     out = activation_shift(folders["base"], folders["edited"], folders["edited"], layers=[1, 2])
     for row in out["per_layer"]:
@@ -67,7 +67,7 @@ def test_finetuned_equal_to_edited_gives_zero_shift(folders):
 
 
 def test_known_delta_doubles_the_shift_in_the_same_direction(folders):
-    from editdecay.report.shift import activation_shift
+    from editdecay.analyze.shift import activation_shift
 
     out = activation_shift(folders["base"], folders["edited"], folders["ft_known"])  # layers from the manifest
     assert out["layers"] == [1]
@@ -82,8 +82,8 @@ def test_known_delta_doubles_the_shift_in_the_same_direction(folders):
 
 def test_edit_shift_equals_delta_times_the_projection_input(folders):
     """‖h_ed − h_base‖ at layer 1 equals ‖delta @ m‖ with m the down_proj input at the subject's last token."""
+    from editdecay.analyze.shift import activation_shift, subject_last_token
     from editdecay.models.registry import load_model
-    from editdecay.report.shift import activation_shift, subject_last_token
 
     model, tok = load_model(folders["base"])
     captured = {}
@@ -104,7 +104,7 @@ def test_edit_shift_equals_delta_times_the_projection_input(folders):
 
 
 def test_subject_last_token_with_and_without_bos(tiny_tok, tiny_tok_bos):
-    from editdecay.report.shift import subject_last_token
+    from editdecay.analyze.shift import subject_last_token
 
     for tok in (tiny_tok, tiny_tok_bos):
         ids, pos = subject_last_token(tok, "The mother tongue of {} is", "Danielle Darrieux")
@@ -115,7 +115,7 @@ def test_subject_last_token_with_and_without_bos(tiny_tok, tiny_tok_bos):
 
 
 def test_shift_stats_closed_form():
-    from editdecay.report.shift import shift_stats
+    from editdecay.analyze.shift import shift_stats
 
     h_base = np.array([[1.0, 0.0], [0.0, 0.0]])
     h_ed = np.array([[1.0, 2.0], [3.0, 4.0]])
@@ -153,8 +153,8 @@ def test_real_smollm2_partial_reversal(smollm2):
     tokenizer."""
     import copy
 
+    from editdecay.analyze.shift import shift_between, subject_last_token
     from editdecay.data.records import EditRecord
-    from editdecay.report.shift import shift_between, subject_last_token
 
     base, tok = smollm2
     records = [EditRecord(case_id=r["case_id"], subject=r["subject"], prompt=r["prompt"], target_new=r["target_new"],

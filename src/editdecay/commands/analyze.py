@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be at least 1 (got {args.n})")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
-    from editdecay.report.shift import activation_shift, format_shift
+    from editdecay.analyze.shift import activation_shift, format_shift
     from editdecay.util.io import atomic_write_json
     from editdecay.util.layers import parse_layer_list
 

@@ -1,7 +1,8 @@
 """Activation-shift analysis: does fine-tuning move the hidden states at the edited layers back, or elsewhere?
 
-On each edit prompt, at the last token of the subject (where MEMIT/AlphaEdit write their keys), and at the
-output of each analysed decoder layer:
+On each edit prompt, at the last token of the subject (where MEMIT/AlphaEdit write their keys: found with the
+editor's own locator, ``edit.prompts.Encoder.encode_with_subject``), and at the output of each analysed
+decoder layer:
 
     a = h_ed − h_base        (the shift the edit caused)
     b = h_ed_ft − h_ed       (the shift fine-tuning caused afterwards)
@@ -12,7 +13,6 @@ back towards the unedited model, 90° = an unrelated direction, undefined when e
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -24,34 +24,33 @@ from editdecay.errors import ConfigError, DataError, ModelError
 
 
 def read_edit_manifest(edit_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(edit_dir) / "manifest.json"
-    if not path.exists():
-        raise DataError(str(path), "no manifest.json: --edited must be an edit folder written by `editdecay edit`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(str(path), f"not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise DataError(str(path), "expected a JSON object")
-    return manifest
+    """The edit folder's manifest (errors name manifest.json and the field that is wrong)."""
+    from editdecay.artifacts import read_manifest
+
+    return read_manifest(edit_dir, stage="edit")
+
+
+def subject_positions(tokenizer: Any, records: list[Any]) -> list[tuple[list[int], int]]:
+    """(token ids, index of the subject's last token) of each record's bare prompt, found by the editor's own
+    locator (``edit.prompts``: the rows of the bare "{}" template that the keys are read from), so the shift is
+    read at the token the edit wrote its keys."""
+    from editdecay.edit.prompts import Encoder, Request, SubjectPrompts
+
+    for rec in records:
+        if "{}" not in rec.prompt:
+            raise DataError("edit manifest", f"prompt {rec.prompt!r} has no '{{}}' for the subject", field="prompt")
+    requests = [Request(str(r.case_id), r.subject, r.prompt, r.target_new) for r in records]
+    rows = SubjectPrompts.build(Encoder(tokenizer), requests, [["{}"]])
+    return [(list(ids), int(pos)) for ids, pos in zip(rows.ids, rows.lookup, strict=True)]
 
 
 def subject_last_token(tokenizer: Any, template: str, subject: str) -> tuple[list[int], int]:
-    """Token ids of the filled prompt and the index of the subject's last token in them.
+    """Token ids of the filled prompt (with the tokenizer's prefix specials) and the index of the subject's
+    last token in them, as the editor finds it (:func:`subject_positions`)."""
+    from types import SimpleNamespace
 
-    The index is the length of the tokenised prompt prefix ending with the subject, minus one (as ROME/MEMIT
-    locate the subject); a BOS token the tokenizer adds is counted in both.
-    """
-    from editdecay.data.records import fill
-
-    if "{}" not in template:
-        raise DataError("edit manifest", f"prompt {template!r} has no '{{}}' for the subject", field="prompt")
-    prefix = template[: template.index("{}")] + subject
-    ids = tokenizer(fill(template, subject), add_special_tokens=True)["input_ids"]
-    pos = len(tokenizer(prefix, add_special_tokens=True)["input_ids"]) - 1
-    if not 0 <= pos < len(ids):
-        raise DataError("edit manifest", f"cannot locate the subject {subject!r} in prompt {template!r}", field="subject")
-    return list(ids), pos
+    return subject_positions(tokenizer, [SimpleNamespace(case_id="<prompt>", subject=subject, prompt=template,
+                                                         target_new="")])[0]
 
 
 def hidden_at(model: Any, tokenizer: Any, prompts: list[tuple[list[int], int]], layers: list[int],
@@ -60,6 +59,7 @@ def hidden_at(model: Any, tokenizer: Any, prompts: list[tuple[list[int], int]], 
     import torch
     from tqdm.auto import tqdm
 
+    from editdecay.data.tokens import pad_token_id
     from editdecay.models.arch import get_adapter
 
     adapter = get_adapter(model)
@@ -73,7 +73,7 @@ def hidden_at(model: Any, tokenizer: Any, prompts: list[tuple[list[int], int]], 
 
     handles = [modules[i].register_forward_hook(hook(i)) for i in layers]
     out: dict[int, list[np.ndarray]] = {i: [] for i in layers}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=None, leave=False):
@@ -153,7 +153,7 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
 def shift_between(base: Any, edited: Any, finetuned: Any, tokenizer: Any, records: list[Any], layers: list[int],
                   batch_size: int = 16) -> dict[str, Any]:
     """The analysis on loaded models (same tokenizer) and EditRecords; what :func:`activation_shift` calls."""
-    prompts = [subject_last_token(tokenizer, r.prompt, r.subject) for r in records]
+    prompts = subject_positions(tokenizer, records)
     hidden = {name: hidden_at(model, tokenizer, prompts, layers, batch_size, desc=f"{name} forward")
               for name, model in (("base", base), ("edited", edited), ("finetuned", finetuned))}
     per_layer, per_record = [], []
@@ -171,7 +171,7 @@ def shift_between(base: Any, edited: Any, finetuned: Any, tokenizer: Any, record
         for k, rec in enumerate(records):
             per_record.append({"case_id": rec.case_id, "layer": layer,
                                **{key: (None if math.isnan(float(s[key][k])) else float(s[key][k]))
-                                  for key in ("edit_shift", "ft_shift", "cos", "angle_deg")}})
+                                  for key in ("edit_shift", "ft_shift", "cos", "angle_deg", "base_norm")}})
     return {"analysis": "activation_shift", "layers": list(layers), "n_records": len(records),
             "position": "subject last token", "per_layer": per_layer, "records": per_record}
 

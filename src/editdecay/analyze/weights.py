@@ -1,0 +1,121 @@
+"""Where an edit and a fine-tune changed the weights, layer by layer.
+
+- edit change of layer i: ‖ΔW‖ / ‖W_base‖ of the rewritten projection, from ``deltas.safetensors``
+  (``W_base = W_edited − ΔW``); the edited layers are the manifest's ``layers``.
+- fine-tuning change of layer i: ‖W_ft − W_in‖ / ‖W_in‖ over all of the layer's weights, between the
+  fine-tuned model and the model it started from (for M_ed_ft: the edited model).
+
+A folder in full form is read tensor by tensor from its safetensors files; a small one (deltas-only edit,
+adapter-only fine-tune) is materialised with ``load_model`` (the same weights the full form would hold).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from editdecay.artifacts import DELTAS, MANIFEST, MODEL_CONFIG, folder_form
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.safetensors") if p.name != DELTAS)
+
+
+def is_model_folder(folder: str | os.PathLike) -> bool:
+    """A folder whose weights can be read as they are (config.json plus safetensors files)."""
+    folder = Path(folder)
+    return (folder / MODEL_CONFIG).exists() and bool(weight_files(folder))
+
+
+def readable(folder: str | os.PathLike) -> bool:
+    """A model folder, or a small folder ``load_model`` materialises."""
+    return is_model_folder(folder) or folder_form(folder) in ("edit-deltas", "adapter")
+
+
+def _layer_index(key: str, prefix: str) -> int | None:
+    match = re.match(re.escape(prefix) + r"\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
+
+
+@contextmanager
+def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """(name -> a zero-argument getter of the float32 tensor, the architecture's layer prefix)."""
+    from editdecay.models.arch import get_adapter
+
+    if is_model_folder(folder):
+        from safetensors import safe_open
+
+        config = json.loads((folder / MODEL_CONFIG).read_text(encoding="utf-8"))
+        prefix = get_adapter(str(config.get("model_type", ""))).layers
+        with ExitStack() as stack:
+            getters: dict[str, Any] = {}
+            for file in weight_files(folder):
+                handle = stack.enter_context(safe_open(str(file), framework="pt"))
+                for key in handle.keys():  # noqa: SIM118 (no __iter__)
+                    getters[key] = (lambda h, k: lambda: h.get_tensor(k).float())(handle, key)
+            yield getters, prefix
+        return
+    from editdecay.models.registry import load_model
+
+    model, _ = load_model(str(folder))
+    state = model.state_dict()
+    yield {k: _getter(t) for k, t in state.items()}, get_adapter(model).layers
+
+
+def _getter(tensor: Any) -> Any:
+    return lambda: tensor.float()
+
+
+def edited_layers(edit_folder: str | os.PathLike) -> list[int]:
+    manifest = Path(edit_folder) / MANIFEST
+    if not manifest.exists():
+        return []
+    return [int(x) for x in json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])]
+
+
+def edit_change(edit_folder: str | os.PathLike) -> tuple[dict[int, float], list[int]]:
+    """({layer: ‖ΔW‖/‖W_base‖}, edited layers from the manifest, else the layers with a delta)."""
+    from safetensors import safe_open
+
+    edit_folder = Path(edit_folder)
+    change: dict[int, float] = {}
+    deltas = edit_folder / DELTAS
+    if deltas.exists():
+        with _weights(edit_folder) as (weights, prefix), safe_open(str(deltas), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118
+                layer = _layer_index(key, prefix)
+                if layer is None or key not in weights:
+                    continue
+                delta = fh.get_tensor(key).float()
+                base_norm = float((weights[key]() - delta).norm())
+                change[layer] = float(delta.norm()) / base_norm if base_norm else math.nan
+    return change, edited_layers(edit_folder) or sorted(change)
+
+
+def finetune_change(input_folder: str | os.PathLike, ft_folder: str | os.PathLike) -> dict[int, float]:
+    """{layer: ‖W_ft − W_in‖ / ‖W_in‖} over all of the layer's weights present in both models."""
+    diff_sq: dict[int, float] = defaultdict(float)
+    base_sq: dict[int, float] = defaultdict(float)
+    with _weights(Path(input_folder)) as (inputs, _), _weights(Path(ft_folder)) as (tuned, prefix):
+        for key, get in tuned.items():
+            layer = _layer_index(key, prefix)
+            if layer is None or key not in inputs:
+                continue
+            w_in, w_ft = inputs[key](), get()
+            diff_sq[layer] += float((w_ft - w_in).pow(2).sum())
+            base_sq[layer] += float(w_in.pow(2).sum())
+    return {i: math.sqrt(diff_sq[i] / base_sq[i]) if base_sq[i] else math.nan for i in sorted(base_sq)}
+
+
+def layer_change(input_folder: Path, ft_folder: Path) -> tuple[dict[int, float], dict[int, float], list[int]]:
+    """(fine-tuning change by layer, edit change by layer, edited layers from the edit manifest)."""
+    ft = finetune_change(input_folder, ft_folder)
+    edit, layers = edit_change(input_folder)
+    return ft, edit, layers
