@@ -25,6 +25,8 @@ from editdecay.erase.locate import MatrixChange
 from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.models.arch import ArchAdapter
 
+REEDIT_STATS_TOKENS = 20_000  # generic-text tokens for the edited model's second moments in a re-edit
+
 
 def restore_exact(model: nn.Module, base: nn.Module, changes: Sequence[MatrixChange]) -> list[str]:
     """Copy the base's values into every changed parameter of ``model`` (in place); return their names."""
@@ -75,16 +77,21 @@ def records_with_truth(records: Sequence[EditRecord], source: str) -> list[EditR
 
 
 def reedit_true(model: nn.Module, tok: Any, records: Sequence[EditRecord], layers: Sequence[int], source: str,
-                method: str = "memit", progress: bool = False, max_steps: int | None = None) -> dict[str, Any]:
+                method: str = "memit", progress: bool = False, max_steps: int | None = None,
+                stats_tokens: int | None = REEDIT_STATS_TOKENS) -> dict[str, Any]:
     """Edit ``records`` back to their true targets on ``layers`` (in place) with editdecay's own editor.
 
-    ``max_steps`` caps the target-value optimisation steps (the budget of this removal).
+    ``max_steps`` caps the target-value optimisation steps (the budget of this removal). ``stats_tokens``:
+    tokens of generic text for the second moments of the *edited* model (their cache is keyed by the
+    weights, so a received model always misses it; None: the editor's default of 100k, ~5 min on a CPU).
     """
     from editdecay.edit.api import edit
     from editdecay.edit.hparams import resolve_hparams
 
     back = records_with_truth(records, source)
     overrides: dict[str, Any] = {"layers": list(layers)}
+    if stats_tokens is not None:
+        overrides["mom2_n_tokens"] = int(stats_tokens)
     if max_steps is not None:
         overrides["v_num_grad_steps"] = min(max_steps, resolve_hparams(method, model, None, None).v_num_grad_steps)
     result = edit(model, tok, back, method=method, overrides=overrides, progress=progress)
