@@ -175,13 +175,23 @@ def make_artifacts(folder: Path, tok) -> dict:
     return {"edit": str(edit_dir), "ft": str(ft_dir)}
 
 
+def analyze_store(store: Path) -> Path:
+    """Write the artifact analyses (per-layer weight change, target frequency) into the store, as
+    `editdecay analyze` does before a report: the report itself reads only the store."""
+    from editdecay.cli import main
+
+    for analysis in ("layer-change", "frequency"):
+        assert main(["analyze", analysis, "--store", str(store)]) == 0
+    return store
+
+
 @pytest.fixture(scope="module")
 def grid_store(tmp_path_factory, tiny_tok):
     folder = tmp_path_factory.mktemp("report_store")
     corpus = write_corpus(folder / "ft.jsonl")
     arts = make_artifacts(folder, tiny_tok)
-    return build_store(folder / "results.db", ft_data=str(corpus),
-                       artifacts={("smollm2-135m", "memit", 0): arts}), arts
+    return analyze_store(build_store(folder / "results.db", ft_data=str(corpus),
+                                     artifacts={("smollm2-135m", "memit", 0): arts})), arts
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +407,7 @@ def test_layer_change_matches_hand_computation(grid_store):
     import torch
     from safetensors.torch import load_file
 
-    from editdecay.report.plots import layer_change
+    from editdecay.analyze.weights import layer_change
 
     arts = grid_store[1]
     ft_change, edit_change, edited = layer_change(Path(arts["edit"]), Path(arts["ft"]))
@@ -425,12 +435,13 @@ def test_relative_artifact_paths_resolve_from_the_store_folder(tmp_path, tiny_to
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    analyze_store(store)
     figures, notes = layer_change_figures(load_results(store))
     assert len(figures) == 1 and not notes
 
 
 def test_survival_frequency_counts_whole_words():
-    from editdecay.report.plots import phrase_counts
+    from editdecay.analyze.frequency import phrase_counts
 
     counts = phrase_counts(["Paris, paris! Parisian. New York new york", "NEW YORK"], ["Paris", "New York", "Rome"])
     assert counts == {"Paris": 2, "New York": 3, "Rome": 0}
@@ -445,6 +456,7 @@ def test_missing_artifacts_and_trajectories_are_noted_not_fatal(tmp_path):
     conn.execute("DELETE FROM trajectories")
     conn.commit()
     conn.close()
+    analyze_store(store)
     report = build_report(store)
     skipped = {f.name: f.reason for f in report.figures if not hasattr(f, "png")}
     assert "trajectories" in skipped and "layer_change" in skipped

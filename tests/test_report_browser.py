@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report import XSS, build_store, make_artifacts, write_corpus
+from test_report import XSS, analyze_store, build_store, make_artifacts, write_corpus
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
                  if shutil.which(n)), None)
@@ -37,6 +37,7 @@ def report_html(tmp_path_factory, tiny_tok):
     store = build_store(folder / "results.db", seeds=(0, 1), models=("smollm2-135m",),
                         ft_data=str(write_corpus(folder / "ft.jsonl")),
                         artifacts={("smollm2-135m", "memit", 0): arts})
+    analyze_store(store)
     write_report(store, folder / "out")
     return folder / "out" / "report.html"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from editdecay.errors import EditDecayError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the analysis tables (layer_change, target_frequency, activation_shift, analyses)
 STAGE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 STAGE_STATUSES = ("pending", "running", "done", "failed")
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
@@ -60,12 +60,26 @@ CREATE TABLE IF NOT EXISTS records (
     case_id TEXT, edit_data TEXT, subject TEXT, target_new TEXT, target_true TEXT, prompt TEXT,
     PRIMARY KEY (case_id, edit_data)
 );
+CREATE TABLE IF NOT EXISTS layer_change (
+    stage_id TEXT, layer INT, rel_change REAL, edited INT, against TEXT, PRIMARY KEY (stage_id, layer)
+);
+CREATE TABLE IF NOT EXISTS target_frequency (
+    ft_data TEXT, target TEXT, count INT, PRIMARY KEY (ft_data, target)
+);
+CREATE TABLE IF NOT EXISTS activation_shift (
+    ft_stage_id TEXT, layer INT, case_id TEXT, edit_shift REAL, ft_shift REAL, cos REAL, angle_deg REAL,
+    base_norm REAL, PRIMARY KEY (ft_stage_id, layer, case_id)
+);
+CREATE TABLE IF NOT EXISTS analyses (
+    analysis TEXT, subject TEXT, status TEXT, note TEXT, created_at REAL, PRIMARY KEY (analysis, subject)
+);
 CREATE INDEX IF NOT EXISTS idx_stages_status ON stages(status);
 CREATE INDEX IF NOT EXISTS idx_run_stages_stage ON run_stages(stage_id);
 """
 
+ANALYSIS_TABLES = ("layer_change", "target_frequency", "activation_shift", "analyses")  # schema 2; may be absent
 EXPORT_TABLES = ("runs", "stages", "run_groups", "run_stages", "metrics", "record_metrics", "downstream",
-                 "trajectories", "records")
+                 "trajectories", "records", *ANALYSIS_TABLES)
 
 
 class StoreError(EditDecayError):
@@ -97,6 +111,9 @@ class Store:
                     if statement.strip():
                         self.conn.execute(statement)
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                # an older store gains the new tables above (CREATE TABLE IF NOT EXISTS): it is now this version
+                self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INT) < ?",
+                                  (str(SCHEMA_VERSION), SCHEMA_VERSION))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: cannot open the results store ({exc})") from None
 
@@ -193,6 +210,8 @@ class Store:
             for table in ("metrics", "record_metrics", "downstream"):
                 c.execute(f"DELETE FROM {table} WHERE eval_stage_id = ?", (stage_id,))
             c.execute("DELETE FROM trajectories WHERE ft_stage_id = ?", (stage_id,))
+            c.execute("DELETE FROM layer_change WHERE stage_id = ?", (stage_id,))  # analyses of the old artifact
+            c.execute("DELETE FROM activation_shift WHERE ft_stage_id = ?", (stage_id,))
             c.execute("UPDATE stages SET status='pending', finished_at=NULL WHERE stage_id=?", (stage_id,))
 
     def reset_failed(self) -> int:
@@ -281,6 +300,62 @@ class Store:
         for (status,) in self.conn.execute("SELECT status FROM runs"):
             counts[status] = counts.get(status, 0) + 1
         return counts
+
+    # ------------------------------------------------------------------------------------------------------
+    # analyses (`editdecay analyze`): rows computed from a stage's artifacts, replaced as a whole per subject
+
+    def run_stage_artifacts(self) -> list[dict[str, Any]]:
+        """Every run with its configuration and its stages: ``{"run_id", "model", ..., "seed", "stages": [{"role",
+        "stage_id", "kind", "status", "artifact"}]}`` (what an analysis needs to find a run's folders)."""
+        runs: dict[str, dict[str, Any]] = {}
+        for r in self.query("SELECT run_id, model, method, edit_data, n_edits, ft_type, layers, modules, ft_data, seed"
+                            " FROM runs ORDER BY run_id"):
+            runs[r["run_id"]] = {**dict(r), "stages": []}
+        for r in self.query("SELECT rs.run_id, rs.role, s.stage_id, s.kind, s.status, s.artifact FROM run_stages rs"
+                            " JOIN stages s ON s.stage_id = rs.stage_id ORDER BY rs.run_id, rs.role"):
+            if r["run_id"] in runs:
+                runs[r["run_id"]]["stages"].append({k: r[k] for k in ("role", "stage_id", "kind", "status",
+                                                                      "artifact")})
+        return list(runs.values())
+
+    def note_analysis(self, analysis: str, subject: str, status: str, note: str | None = None) -> None:
+        """Record that ``analysis`` of ``subject`` (a stage id or a corpus) is done or failed (and why)."""
+        with self.transaction() as c:
+            self._note(c, analysis, subject, status, note)
+
+    @staticmethod
+    def _note(c: sqlite3.Connection, analysis: str, subject: str, status: str, note: str | None) -> None:
+        c.execute("INSERT OR REPLACE INTO analyses VALUES (?, ?, ?, ?, ?)", (analysis, subject, status, note, time.time()))
+
+    def put_layer_change(self, stage_id: str, change: dict[int, float | None], edited: list[int] | None = None,
+                         against: str | None = None) -> None:
+        """One stage's per-layer relative weight change (an edit's: ``edited`` flags its layers; a fine-tune's:
+        ``against`` names the stage of the model it is compared with)."""
+        layers = sorted(set(change) | set(edited or []))
+        with self.transaction() as c:
+            c.execute("DELETE FROM layer_change WHERE stage_id = ?", (stage_id,))
+            for layer in layers:
+                flag = None if edited is None else int(layer in edited)
+                c.execute("INSERT INTO layer_change VALUES (?, ?, ?, ?, ?)",
+                          (stage_id, int(layer), _num(change.get(layer)), flag, against))
+            self._note(c, "layer_change", stage_id, "done", None)
+
+    def put_target_frequency(self, ft_data: str, counts: dict[str, int]) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM target_frequency WHERE ft_data = ?", (ft_data,))
+            c.executemany("INSERT INTO target_frequency VALUES (?, ?, ?)",
+                          [(ft_data, target, int(n)) for target, n in sorted(counts.items())])
+            self._note(c, "target_frequency", ft_data, "done", None)
+
+    def put_activation_shift(self, ft_stage_id: str, records: list[dict[str, Any]], note: str | None = None) -> None:
+        """Per (layer, case) rows of the shift analysis of the edited fine-tune ``ft_stage_id``."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM activation_shift WHERE ft_stage_id = ?", (ft_stage_id,))
+            for r in records:
+                c.execute("INSERT OR REPLACE INTO activation_shift VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (ft_stage_id, int(r["layer"]), str(r["case_id"]),
+                           *(_num(r.get(k)) for k in ("edit_shift", "ft_shift", "cos", "angle_deg", "base_norm"))))
+            self._note(c, "activation_shift", ft_stage_id, "done", note)
 
     # ------------------------------------------------------------------------------------------------------
     # reading, checking, exporting

@@ -1,9 +1,10 @@
 """Reports from a results store: the study's tables, statistics, figures and findings (see report.api).
 
-``load`` (the store -> typed results, plain SQL), ``tables``, ``stats``, ``findings``, ``plots``, ``render``
-(HTML, Markdown, CSV, LaTeX, text), ``shift`` (activation-shift analysis).
+``load`` (the store -> typed results, plain SQL), ``tables``, ``findings``, ``plots``, ``render`` (HTML,
+Markdown, CSV, LaTeX, text). The report reads only the store: the analyses that need artifacts (per-layer
+weight change, target frequency, activation shift) are computed by :mod:`editdecay.analyze` and written into
+the store by ``editdecay analyze``; a store without them shows those figures as skipped.
 
-May import: :mod:`editdecay.util`, :mod:`editdecay.errors`, ``evaluate.decay`` (the decay metrics) and,
-for the analyses not yet written to the store (``plots.layer_change``, ``plots.survival_vs_frequency``,
-``shift``), models and data; never experiment (it reads the store with plain SQL), commands or api.
+May import: :mod:`editdecay.util`, :mod:`editdecay.errors`, :mod:`editdecay.stats`; never models, data,
+artifacts, analyze, experiment (it reads the store with plain SQL), commands or api.
 """

@@ -26,17 +26,17 @@ def _overview(res: Results) -> list[tuple[str, str]]:
             ("fine-tuning data", values("ft_data")), ("seeds", values("seed"))]
 
 
-def build_report(results: str | os.PathLike | Results, with_figures: bool = True,
-                 corpus_loader: plots.CorpusLoader = plots.default_corpus_loader, alpha: float = 0.05,
+def build_report(results: str | os.PathLike | Results, with_figures: bool = True, alpha: float = 0.05,
                  min_pairs: int = 3, seed: int = 0) -> render.Report:
-    """Tables, findings and (optionally) figures of one results store."""
+    """Tables, findings and (optionally) figures of one results store (and nothing else: the analyses that
+    need artifacts are read from the store, where ``editdecay analyze`` wrote them)."""
     res = results if isinstance(results, Results) else load_results(results)
     findings = findings_mod.all_findings(res, alpha=alpha, min_pairs=min_pairs)
     all_tables = tables.all_tables(res, findings_mod.findings_table(findings), seed=seed)
     notes = list(res.notes)
     figures: list[plots.Figure | plots.Skipped] = []
     if with_figures:
-        figures, fig_notes, _ = plots.all_figures(res, corpus_loader)
+        figures, fig_notes, _ = plots.all_figures(res)
         notes += fig_notes
     if not res.runs:
         notes.append("The store holds no run with a finished evaluation yet.")

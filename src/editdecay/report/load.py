@@ -1,7 +1,10 @@
 """Read a results store (SQLite, schema in docs/design.md) with plain SQL into simple dataclasses.
 
 The report depends only on the store's schema, not on the experiment package's Python API, so it can read a
-store while a grid is still running (read-only connection) and any store written by an older version.
+store while a grid is still running (read-only connection) and any store written by an older version. It
+reads nothing else: the analyses that need artifacts (per-layer weight change, target frequency, activation
+shift) are written into the store by ``editdecay analyze``; a store without their tables (schema 1) simply
+has no such analysis.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
 RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
 RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data")
+SHIFT_COLUMNS = ("edit_shift", "ft_shift", "cos", "angle_deg", "base_norm")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,17 @@ class RecordInfo:
     prompt: str
 
 
+@dataclass(frozen=True)
+class LayerChange:
+    """One row of ``layer_change``: an edit's ‖ΔW‖/‖W_base‖ (``edited`` flags its layers) or a fine-tune's
+    ‖W_ft − W_in‖/‖W_in‖ against the stage ``against``."""
+
+    layer: int
+    rel_change: float
+    edited: bool | None
+    against: str | None
+
+
 @dataclass
 class Results:
     """Everything the report needs from one store, indexed for lookups."""
@@ -82,6 +97,11 @@ class Results:
     run_stages: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # run_id -> [(stage_id, role)]
     records: dict[str, RecordInfo] = field(default_factory=dict)  # case_id -> info
     notes: list[str] = field(default_factory=list)
+    # analyses written by `editdecay analyze` (empty when the store has none, e.g. an older store)
+    layer_change: dict[str, dict[int, LayerChange]] = field(default_factory=dict)  # stage_id -> layer -> row
+    target_frequency: dict[str, dict[str, int]] = field(default_factory=dict)  # ft_data -> target -> count
+    activation_shift: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # ft_stage_id -> rows
+    analyses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (analysis, subject) -> (status, note)
 
     def eval_id(self, run: Run, grp: str) -> str | None:
         return self.groups.get(run.run_id, {}).get(grp)
@@ -266,6 +286,34 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
             records[str(r[0])] = RecordInfo(str(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3] or ""),
                                             str(r[4] or ""), str(r[5] or ""))
     runs = [run for run in runs if groups.get(run.run_id)]
-    return Results(str(path), runs, stages, dict(groups), dict(metrics),
-                   {k: dict(v) for k, v in record_metrics.items()}, dict(downstream), trajectories,
-                   dict(run_stages), records, notes)
+    res = Results(str(path), runs, stages, dict(groups), dict(metrics),
+                  {k: dict(v) for k, v in record_metrics.items()}, dict(downstream), trajectories,
+                  dict(run_stages), records, notes)
+    _load_analyses(conn, tables, path, res)
+    return res
+
+
+def _load_analyses(conn: sqlite3.Connection, tables: set[str], path: Path, res: Results) -> None:
+    """The analysis tables of schema 2, each only when present."""
+    if "layer_change" in tables:
+        changes: dict[str, dict[int, LayerChange]] = defaultdict(dict)
+        for r in conn.execute("SELECT stage_id, layer, rel_change, edited, against FROM layer_change"):
+            changes[str(r[0])][int(r[1])] = LayerChange(int(r[1]), _float(r[2], path, f"layer_change '{r[0]}'"),
+                                                        None if r[3] is None else bool(r[3]), r[4])
+        res.layer_change = dict(changes)
+    if "target_frequency" in tables:
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        for r in conn.execute("SELECT ft_data, target, count FROM target_frequency"):
+            counts[str(r[0])][str(r[1])] = int(r[2] or 0)
+        res.target_frequency = dict(counts)
+    if "activation_shift" in tables:
+        shift: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in conn.execute(f"SELECT ft_stage_id, layer, case_id, {', '.join(SHIFT_COLUMNS)} FROM activation_shift"
+                              " ORDER BY ft_stage_id, layer, case_id"):
+            shift[str(r[0])].append({"layer": int(r[1]), "case_id": str(r[2]),
+                                     **{k: _float(r[3 + i], path, f"activation_shift '{r[0]}'")
+                                        for i, k in enumerate(SHIFT_COLUMNS)}})
+        res.activation_shift = dict(shift)
+    if "analyses" in tables:
+        res.analyses = {(str(r[0]), str(r[1])): (str(r[2] or ""), str(r[3] or ""))
+                        for r in conn.execute("SELECT analysis, subject, status, note FROM analyses")}

@@ -1,31 +1,23 @@
 """The report's figures (matplotlib, Agg backend, PNG bytes), each with a caption and the note when skipped.
 
-A figure whose inputs are missing (no trajectories, no artifacts on disk, no fine-tuning corpus) is skipped with
-a note in the report: a report never fails because an optional input is absent.
-
-Frequency of a target in the fine-tuning corpus: whole-word, case-insensitive occurrences of the target's word
-sequence (``\\w+`` words) in the corpus text (prompts and responses). Words are used instead of the model's
-tokens so that one count serves every model of a grid and matches what a reader would search for.
+Every figure is drawn from the results store alone. A figure whose inputs the store lacks (no trajectories, no
+per-layer weight change or target frequency written by ``editdecay analyze``, an older store without the
+analysis tables) is skipped with a note in the report: a report never fails because an optional input is absent.
+Target frequency is defined in :mod:`editdecay.analyze.frequency`, weight change in :mod:`editdecay.analyze.weights`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import re
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from contextlib import ExitStack
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from editdecay import stats
-from editdecay.errors import EditDecayError
-from editdecay.report.load import Results, Run, Stage
+from editdecay.report.load import Results, Run
 from editdecay.report.tables import group_runs, run_decay
 
 
@@ -202,35 +194,9 @@ def tradeoff(res: Results) -> Figure | Skipped:
 
 # --- survival vs target frequency --------------------------------------------------------------------------
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def phrase_counts(corpus_texts: Iterable[str], phrases: Iterable[str]) -> dict[str, int]:
-    """Whole-word, case-insensitive occurrence count of each phrase (a word sequence) in the texts."""
-    wanted = {p: tuple(_words(p)) for p in set(phrases)}
-    lengths = {len(w) for w in wanted.values() if w}
-    counters: dict[int, Counter] = {n: Counter() for n in lengths}
-    for text in corpus_texts:
-        words = _words(text)
-        for n in lengths:
-            counters[n].update(zip(*(words[i:] for i in range(n)), strict=False))
-    return {p: (counters[len(w)][w] if w else 0) for p, w in wanted.items()}
-
-
-CorpusLoader = Callable[[str], list[str]]
-
-
-def default_corpus_loader(name: str) -> list[str]:
-    """Texts of a fine-tuning corpus (prompt and response of each example)."""
-    from editdecay.data.corpora import load_finetune_corpus
-
-    return [f"{ex.prompt}\n{ex.response}" for ex in load_finetune_corpus(name)]
-
-
-def survival_vs_frequency(res: Results, corpus_loader: CorpusLoader = default_corpus_loader) -> tuple[
-        Figure | Skipped, dict[str, Any]]:
-    """Per-edit ES survival (share of runs in which a successful edit survived) vs its target's corpus frequency."""
+def survival_vs_frequency(res: Results) -> tuple[Figure | Skipped, dict[str, Any]]:
+    """Per-edit ES survival (share of runs in which a successful edit survived) vs its target's corpus frequency
+    (the store's ``target_frequency``, written by ``editdecay analyze frequency``)."""
     title = "Edit survival vs target frequency in the fine-tuning corpus"
     by_corpus: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
@@ -245,15 +211,22 @@ def survival_vs_frequency(res: Results, corpus_loader: CorpusLoader = default_co
         if not targets:
             problems.append(f"no target strings stored for the edits fine-tuned on '{corpus}'")
             continue
-        try:
-            texts = corpus_loader(corpus)
-        except EditDecayError as exc:
-            problems.append(f"fine-tuning corpus '{corpus}' could not be loaded ({exc})")
+        counts = res.target_frequency.get(corpus)
+        if counts is None:
+            status, note = res.analyses.get(("target_frequency", corpus), ("", ""))
+            problems.append(note if status == "failed" and note else
+                            f"the store holds no target frequencies for the fine-tuning corpus '{corpus}' "
+                            f"(`editdecay analyze frequency --store {res.path}` counts them)")
             continue
-        counts = phrase_counts(texts, targets.values())
+        missing = 0
         for case, target in targets.items():
+            if target not in counts:
+                missing += 1
+                continue
             xs.append(float(counts[target]))
             ys.append(float(np.mean(cases[case])))
+        if missing:
+            problems.append(f"{missing} target(s) of '{corpus}' have no stored count")
     if not xs:
         reason = "; ".join(problems) or "no edit succeeded before fine-tuning in any run"
         return Skipped("survival_vs_frequency", title, reason), {}
@@ -276,93 +249,44 @@ def survival_vs_frequency(res: Results, corpus_loader: CorpusLoader = default_co
 
 # --- where fine-tuning changed the weights vs where the edits live -------------------------------------------
 
-def _weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.safetensors") if p.name != "deltas.safetensors")
-
-
-def _layer_index(key: str, prefix: str) -> int | None:
-    match = re.match(re.escape(prefix) + r"\.(\d+)\.", key)
-    return int(match.group(1)) if match else None
-
-
-def layer_change(input_folder: Path, ft_folder: Path) -> tuple[dict[int, float], dict[int, float], list[int]]:
-    """Per layer ‖W_ft − W_in‖ / ‖W_in‖ over all of the layer's weights; per edited layer ‖ΔW‖ / ‖W_base‖.
-
-    Returns (fine-tuning change by layer, edit change by layer, edited layers from the edit manifest).
-    """
-    from safetensors import safe_open
-
-    from editdecay.models.arch import get_adapter
-
-    config = json.loads((ft_folder / "config.json").read_text(encoding="utf-8"))
-    prefix = get_adapter(str(config.get("model_type", ""))).layers
-    diff_sq: dict[int, float] = defaultdict(float)
-    base_sq: dict[int, float] = defaultdict(float)
-    edit_change: dict[int, float] = {}
-    with ExitStack() as stack:
-        inputs = {}
-        for file in _weight_files(input_folder):
-            handle = stack.enter_context(safe_open(str(file), framework="pt"))
-            inputs.update({key: handle for key in handle.keys()})  # noqa: SIM118 (no __iter__)
-        for file in _weight_files(ft_folder):
-            with safe_open(str(file), framework="pt") as fh:
-                for key in fh.keys():  # noqa: SIM118
-                    layer = _layer_index(key, prefix)
-                    if layer is None or key not in inputs:
-                        continue
-                    w_in = inputs[key].get_tensor(key).float()
-                    w_ft = fh.get_tensor(key).float()
-                    diff_sq[layer] += float((w_ft - w_in).pow(2).sum())
-                    base_sq[layer] += float(w_in.pow(2).sum())
-        deltas = input_folder / "deltas.safetensors"
-        if deltas.exists():
-            with safe_open(str(deltas), framework="pt") as fh:
-                for key in fh.keys():  # noqa: SIM118
-                    layer = _layer_index(key, prefix)
-                    if layer is None or key not in inputs:
-                        continue
-                    delta = fh.get_tensor(key).float()
-                    w_base = inputs[key].get_tensor(key).float() - delta
-                    base_norm = float(w_base.norm())
-                    edit_change[layer] = float(delta.norm()) / base_norm if base_norm else math.nan
-    ft_change = {i: math.sqrt(diff_sq[i] / base_sq[i]) if base_sq[i] else math.nan for i in sorted(base_sq)}
-    edited_layers: list[int] = []
-    manifest = input_folder / "manifest.json"
-    if manifest.exists():
-        edited_layers = [int(x) for x in json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])]
-    return ft_change, edit_change, edited_layers or sorted(edit_change)
-
-
-def _artifact(stage: Stage | None, store_path: str) -> Path | None:
-    """The stage's artifact folder when it holds a model; a relative path is tried from the working directory
-    and from the store's folder (runners record paths relative to where they ran)."""
-    if stage is None or not stage.artifact:
+def stored_layer_change(res: Results, run: Run) -> tuple[dict[int, float], dict[int, float], list[int]] | None:
+    """(fine-tuning change by layer, edit change by layer, edited layers) of a run from the store's
+    ``layer_change`` (written by ``editdecay analyze layer-change``); None when the fine-tune has none."""
+    ft_stage, edit_stage = res.edited_ft_stage(run), res.edit_stage(run)
+    ft_rows = res.layer_change.get(ft_stage.stage_id) if ft_stage else None
+    if not ft_rows:
         return None
-    path = Path(stage.artifact)
-    candidates = [path] if path.is_absolute() else [path, Path(store_path).resolve().parent / path]
-    for candidate in candidates:
-        if (candidate / "config.json").exists() and _weight_files(candidate):
-            return candidate
-    return None
+    edit_rows = res.layer_change.get(edit_stage.stage_id, {}) if edit_stage else {}
+    ft_change = {i: row.rel_change for i, row in sorted(ft_rows.items())}
+    edit_change = {i: row.rel_change for i, row in sorted(edit_rows.items()) if not math.isnan(row.rel_change)}
+    edited = [i for i, row in sorted(edit_rows.items()) if row.edited]
+    return ft_change, edit_change, edited or sorted(edit_change)
 
 
 def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figure], list[str]]:
-    """One panel per (model, method, ft type, layer selection) whose edit and fine-tune folders are on disk."""
+    """One panel per (model, method, ft type, layer selection) whose weight change the store holds."""
     notes: list[str] = []
-    chosen: dict[tuple[str, str, str, str], tuple[Path, Path]] = {}
-    missing = 0
+    chosen: dict[tuple[str, str, str, str], tuple[dict[int, float], dict[int, float], list[int]]] = {}
+    missing: list[Run] = []
     for key, runs in group_runs(res.runs, ("model", "method", "ft_type", "layers")).items():
         for run in runs:
-            edit_dir = _artifact(res.edit_stage(run), res.path)
-            ft_dir = _artifact(res.edited_ft_stage(run), res.path)
-            if edit_dir and ft_dir:
-                chosen[key] = (edit_dir, ft_dir)
+            change = stored_layer_change(res, run)
+            if change is not None:
+                chosen[key] = change
                 break
         else:
-            missing += 1
+            missing.append(runs[0])
     if missing:
-        notes.append(f"Per-layer weight change: the edit or fine-tune artifacts of {missing} configuration(s) are "
-                     "not on disk (or not recorded in the store), so they are not shown.")
+        failed = []
+        for run in missing:
+            stage = res.edited_ft_stage(run)
+            status, note = res.analyses.get(("layer_change", stage.stage_id if stage else ""), ("", ""))
+            if status == "failed" and note:
+                failed.append(note)
+        why = (f"; {len(failed)} could not be analysed, e.g. {sorted(failed)[0]}" if failed else "")
+        notes.append(f"Per-layer weight change: {len(missing)} configuration(s) have none in the store, so they are "
+                     f"not shown (`editdecay analyze layer-change --store {res.path}` computes it from the edit and "
+                     f"fine-tune artifacts on disk){why}.")
     if not chosen:
         return [], notes
     if len(chosen) > max_figures:
@@ -370,16 +294,7 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
     plt = _plt()
     items = list(chosen.items())[:max_figures]
     fig, axes = plt.subplots(len(items), 1, figsize=(7.5, 2.4 * len(items)), squeeze=False, layout="constrained")
-    from tqdm.auto import tqdm
-
-    for ax, (key, (edit_dir, ft_dir)) in tqdm(list(zip(axes[:, 0], items, strict=True)), desc="per-layer weight change",
-                                              disable=None, leave=False):
-        try:
-            ft_change, edit_change, edited = layer_change(edit_dir, ft_dir)
-        except (OSError, ValueError, EditDecayError) as exc:
-            notes.append(f"Per-layer weight change for {'/'.join(map(str, key))}: cannot read artifacts ({exc}).")
-            ax.set_visible(False)
-            continue
+    for ax, (key, (ft_change, edit_change, edited)) in zip(axes[:, 0], items, strict=True):
         layers = sorted(ft_change)
         for layer in edited:
             ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.2, lw=0)
@@ -399,14 +314,14 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
                    _png(fig))], notes
 
 
-def all_figures(res: Results, corpus_loader: CorpusLoader = default_corpus_loader) -> tuple[
-        list[Figure | Skipped], list[str], dict[str, Any]]:
+def all_figures(res: Results) -> tuple[list[Figure | Skipped], list[str], dict[str, Any]]:
     figures: list[Figure | Skipped] = [survival_heatmap(res), trajectories(res), tradeoff(res)]
-    freq_fig, freq_stats = survival_vs_frequency(res, corpus_loader)
+    freq_fig, freq_stats = survival_vs_frequency(res)
     figures.append(freq_fig)
     layer_figs, notes = layer_change_figures(res)
     figures.extend(layer_figs)
     if not layer_figs:
         figures.append(Skipped("layer_change", "Where fine-tuning changed the weights vs where the edits live",
-                               "no run has both its edit and fine-tune artifact folders on disk"))
+                               "the store holds no per-layer weight change of an edited fine-tune "
+                               "(`editdecay analyze layer-change` computes it from the artifacts on disk)"))
     return figures, notes, {"frequency": freq_stats}
