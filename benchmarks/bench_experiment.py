@@ -37,8 +37,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from editdecay.experiment.grid import expand, load_grid
+    from editdecay.experiment.plan import expand
     from editdecay.experiment.runner import run_grid
+    from editdecay.experiment.schema import load_grid
     from editdecay.experiment.store import Store
 
     rows: dict[str, dict] = {}

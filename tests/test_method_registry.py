@@ -28,7 +28,7 @@ def test_a_typo_gets_the_closest_name():
 
 def test_cli_and_grid_read_the_registry():
     from editdecay.cli import build_parser
-    from editdecay.experiment.grid import METHODS as GRID_METHODS
+    from editdecay.experiment.schema import METHODS as GRID_METHODS
 
     assert GRID_METHODS == method_names()
     parser = build_parser()

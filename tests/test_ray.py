@@ -60,7 +60,7 @@ def test_ray_backend_gives_the_local_numbers(ray_cluster, tmp_path):
 
 
 def test_ray_task_options_carry_resources():
-    from editdecay.experiment.ray_backend import RayBackend
+    from editdecay.experiment.backends.ray import RayBackend
 
     plan = expand(load_grid(ROOT / "configs" / "paper.yaml"))
     spec = next(s for s in plan.stages.values() if s.kind == "finetune")

@@ -35,7 +35,7 @@ _EXPORTS = {
     # experiments and reports
     "run_grid": "editdecay.experiment.runner",
     "export_model": "editdecay.experiment.export",
-    "load_grid": "editdecay.experiment.grid",
+    "load_grid": "editdecay.experiment.schema",
     "write_report": "editdecay.report.api",
     # erase: locate, trace and remove edits
     "erase": "editdecay.erase.api",

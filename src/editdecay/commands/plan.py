@@ -34,7 +34,13 @@ def _fmt_bytes(b: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.experiment.cost import by_kind, check_plan_resources, estimate_plan, stage_dtype
+    from editdecay.experiment.cost import (
+        by_kind,
+        check_plan_resources,
+        estimate_plan,
+        estimate_seconds,
+        stage_dtype,
+    )
     from editdecay.experiment.runner import plan_grid
 
     plan = plan_grid(args.grid)
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(plan.runs) - len(shown)} more (--runs 0 shows all)")
     naive = sum(len(set(r.stages.values())) for r in plan.runs)
     print(f"\nstages: {len(plan.stages)} distinct ({naive} without sharing); {plan.shared} shared by 2+ runs")
-    est = plan.estimate_seconds()
+    est = estimate_seconds(plan)
     costs = estimate_plan(plan)
     kinds = by_kind(costs)
     print(f"{'kind':<10} {'stages':>6} {'shared':>6} {'est. time':>10} {'peak memory':>12} {'disk':>10}  dtype")

@@ -1,9 +1,12 @@
 """Experiments: grid configs -> content-addressed stage graphs -> a resumable SQLite results store.
 
-``grid`` (YAML -> runs -> stage graph, cost estimates), ``stages`` (what each stage kind runs), ``store``
-(the SQLite results store), ``runner`` (local execution), ``ray_backend`` (execution on a Ray cluster).
+One way down: each module imports only modules before it in this list: ``facts`` (model facts from config.json) ->
+``schema`` (YAML -> a validated Grid, the settings of each run) -> ``plan`` (runs -> StageSpec graph, Plan) ->
+``cost`` (time, memory and disk estimates) ; ``store`` (the SQLite results store) ; ``stages`` (what each
+stage kind computes) -> ``execute`` (run one stage, the stage-function table) -> ``backends/`` (``local``,
+``ray``: where stages run) -> ``runner`` (run_grid: the driver loop) ; ``export`` (a stage as a model folder);
+``grid`` re-exports load_grid/parse_grid/expand for users.
 
-May import: every pipeline stage below it (models, data, edit, finetune, evaluate), :mod:`editdecay.util`
-and :mod:`editdecay.errors`; never report, commands or api. Known exception, to go in the issue-14
-restructure: ``runner`` and ``ray_backend`` import each other (the backend should depend on execution only).
+May import: every pipeline stage below it (models, data, edit, finetune, evaluate), :mod:`editdecay.artifacts`,
+:mod:`editdecay.util` and :mod:`editdecay.errors`; never report, commands or api.
 """

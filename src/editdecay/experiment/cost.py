@@ -1,4 +1,4 @@
-"""Peak memory and disk of each planned stage, estimated from model facts before any work starts.
+"""Time, peak memory and disk of each planned stage, estimated from model facts before any work starts.
 
 Why: a 7B grid that runs out of memory in its first fine-tune, or fills the disk at its 300th stage, wastes
 hours. :func:`estimate_stage` turns a stage's kind and settings plus the model's shape (hidden size,
@@ -6,7 +6,8 @@ intermediate size, layers, vocabulary, parameters) into a peak-memory and a disk
 :func:`check_plan_resources` compares them with the grid's ``resources:`` (``memory_gb``), this machine's
 RAM (CPU stages) or GPU memory (GPU stages, where one is present) and the free disk of the work folder.
 
-The estimates are deliberately simple upper-bound sums (documented per part), not measurements:
+Time (:func:`estimate_seconds`): per-stage costs of SmolLM2-135M on a 2-core CPU (:data:`COST`), scaled by
+the model's parameter count. Memory and disk: the estimates are deliberately simple upper-bound sums (documented per part), not measurements:
 
 - weights: parameters × bytes of the stage's dtype (float32 unless the stage or grid names one);
 - full fine-tuning: + gradients (model dtype) + AdamW's two float32 states, for the trained parameters
@@ -33,6 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editdecay.experiment.facts import SMOLLM2_PARAMS, model_facts
+
+# rough 2-core-CPU costs of SmolLM2-135M, scaled by parameter count for other models (plan estimates only).
+# targets_s_per_edit: the 25-step target optimisation with the context templates (8.4 s/edit, batched, one thread:
+# benchmarks/bench_edit.py); update_s_per_edit: keys and the layer-by-layer solve (~50 s per 100 edits); train
+# tokens/s: LoRA steps of batch 4 (forward + backward + optimiser)
+COST = {"stage_overhead_s": 2.0, "base_s": 3.0, "tokens_per_s": 530.0, "train_tokens_per_s": 60.0,
+        "targets_s_per_edit": 8.4, "update_s_per_edit": 0.5, "eval_tokens_per_record": 120,
+        "downstream_tokens_per_item": 400}
 GB = 1024 ** 3
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 PROMPT_TOKENS = 32  # a context template plus a CounterFact prompt, in tokens (edit/targets estimates)
@@ -97,8 +107,6 @@ class StageCost:
 def model_shape(plan: Any, model: str, _cache: dict[str, ModelShape] | None = None) -> ModelShape:
     """The shape of ``model`` from its config (read as planning did), the grid's declared facts
     (hidden_size, intermediate_size, vocab_size, num_attention_heads, kv_dim) or the published table."""
-    from editdecay.experiment.grid import model_facts
-
     grid = plan.grid
     declared = dict(grid.model_info.get(model, {}))
     info, config = model_facts(model, declared, grid.path)
@@ -355,3 +363,49 @@ def ensure_plan_fits(plan: Any, workdir: str | Path | None = None, check_machine
 
         raise ConfigError(f"{plan.grid.path}: the grid does not fit (estimates; editdecay plan shows them):\n  "
                           + "\n  ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# time
+
+
+def estimate_seconds(plan: Any) -> dict[str, float]:
+    """Rough seconds per stage kind from the :data:`COST` constants (for `editdecay plan`)."""
+    out: dict[str, float] = {}
+    for spec in plan.stages.values():
+        model = plan.stage_model.get(spec.stage_id, "")
+        scale = plan.grid.model_info.get(model, {}).get("params", SMOLLM2_PARAMS) / SMOLLM2_PARAMS
+        out[spec.kind] = out.get(spec.kind, 0.0) + estimate_stage_seconds(spec, scale)
+    return out
+
+
+def estimate_stage_seconds(spec: Any, scale: float) -> float:
+    """Rough seconds of one stage on a 2-core CPU: SmolLM2-135M costs times ``scale`` (parameter ratio)."""
+    return COST["stage_overhead_s"] + _work_seconds(spec, scale)
+
+
+def _work_seconds(spec: Any, scale: float) -> float:
+    cfg = spec.config
+    if spec.kind == "base":
+        return COST["base_s"]
+    if spec.kind == "stats":
+        # in samples mode, each sample is a document cut to mom2_seq_len tokens (an upper bound)
+        tokens = cfg["mom2_n_samples"] * cfg["mom2_seq_len"] if cfg.get("mom2_n_samples") else cfg["mom2_n_tokens"]
+        return scale * tokens / COST["tokens_per_s"]
+    if spec.kind == "targets":
+        return scale * cfg["n_edits"] * COST["targets_s_per_edit"]
+    if spec.kind == "edit":
+        return scale * cfg["n_edits"] * COST["update_s_per_edit"]
+    if spec.kind == "finetune":
+        ft = cfg["finetune"]
+        steps = ft.get("max_steps") or 100
+        # commonsense/Alpaca examples average ~90 tokens, so most are shorter than max_length
+        tokens = steps * ft.get("batch_size", 4) * ft.get("grad_accum", 1) * min(ft.get("max_length", 256), 96)
+        return scale * tokens / COST["train_tokens_per_s"]
+    if spec.kind == "evaluate":
+        down = cfg.get("downstream")
+        n_tasks = 0 if not down else (7 if down == "commonsense" else len(down) if isinstance(down, list) else 1)
+        tokens = cfg["n_edits"] * COST["eval_tokens_per_record"] + n_tasks * (cfg.get("limit") or 100) * \
+            COST["downstream_tokens_per_item"]
+        return scale * tokens / COST["tokens_per_s"]
+    return 0.0

@@ -1,14 +1,15 @@
-"""Execute a planned grid: topological order, content-addressed artifacts, resumable, failure-tolerant.
+"""Drive a planned grid (run_grid): topological order, content-addressed artifacts, resumable, failure-tolerant.
 
 The invariant that makes kill -9 safe: a stage counts as finished only when (1) its artifact folder is
-complete — the stage function writes it atomically, then the runner atomically writes the ``_stage.json``
-marker — and (2) the store row says ``done``, written together with the stage's numbers in one
+complete — the stage function writes it atomically, then :func:`execute.execute_stage` atomically writes the
+``_stage.json`` marker — and (2) the store row says ``done``, written together with the stage's numbers in one
 transaction. On resume, a stage whose marker exists but whose row is not done is *adopted* (its numbers are
 ingested, nothing is recomputed); a row left ``running`` by a dead runner goes back to pending.
 
-Backends: ``local`` runs stages in this process (``workers=1``) or in N spawned worker processes;
-``ray`` (ray_backend.py) submits them as Ray tasks. In every backend the driver alone writes the store, so
-workers only need the shared artifact folder; the store itself is still safe for concurrent writers.
+Backends (:mod:`editdecay.experiment.backends`): ``local`` runs stages in this process (``workers=1``) or in N
+spawned worker processes; ``ray`` submits them as Ray tasks; each runs :func:`execute.execute_stage`. In every
+backend the driver alone writes the store, so workers only need the shared artifact folder; the store itself
+is still safe for concurrent writers.
 """
 
 from __future__ import annotations
@@ -16,173 +17,21 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-import traceback
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from editdecay.errors import ConfigError, EditDecayError
-from editdecay.experiment.grid import Grid, Plan, StageSpec, expand, load_grid
-from editdecay.experiment.stages import (
-    MARKER,
-    STAGE_FUNCTIONS,
-    StageContext,
-    StageFn,
-    drop_weights,
-    is_transient,
-    log,
-    read_outputs,
-    weights_dropped,
-)
+from editdecay.experiment.backends import BACKENDS, Backend, capacity, make_backend
+from editdecay.experiment.cost import ensure_plan_fits
+from editdecay.experiment.execute import artifact_path, is_complete, log, read_outputs
+from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
+from editdecay.experiment.schema import Grid, load_grid
+from editdecay.experiment.stages import MARKER, StageFn, drop_weights, weights_dropped
 from editdecay.experiment.store import Store
-from editdecay.util.env import library_versions
-from editdecay.util.io import atomic_write_json, read_json
-
-
-def artifact_path(workdir: Path, spec: StageSpec) -> Path:
-    return workdir / "stages" / spec.kind / spec.stage_id
-
-
-def is_complete(artifact: Path) -> bool:
-    return (artifact / MARKER).exists()
-
-
-def _resolve_fns(fns: dict[str, StageFn | str] | None) -> dict[str, StageFn]:
-    """A table of stage functions; entries may be callables or 'module:function' strings (for worker processes)."""
-    import importlib
-
-    table = dict(STAGE_FUNCTIONS)
-    for kind, fn in (fns or {}).items():
-        if isinstance(fn, str):
-            module, _, attr = fn.partition(":")
-            fn = getattr(importlib.import_module(module), attr)
-        table[kind] = fn
-    return table
-
-
-def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: str, workdir: str,
-                  fns: dict[str, StageFn | str] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Run one stage where it is scheduled (this process, a worker, a Ray task) -> an outcome dict.
-
-    Torch uses exactly the stage's ``num_cpus`` threads everywhere, so every backend computes the same numbers.
-    Never raises for a stage's own error: the outcome carries it, so the driver can record it and go on.
-    """
-    spec = StageSpec.from_dict(spec_dict)
-    out = Path(artifact)
-    start = time.perf_counter()
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(spec.resources.get("num_cpus", 1) or 1)))
-    device_before = os.environ.get("EDITDECAY_DEVICE")
-    if spec.resources.get("device"):  # the grid's `device:` (not part of any stage id)
-        os.environ["EDITDECAY_DEVICE"] = str(spec.resources["device"])
-    bars = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        fn = _resolve_fns(fns).get(spec.kind)
-        if fn is None:
-            raise ConfigError(f"no stage function for kind {spec.kind!r}")
-        info = fn(spec, {role: Path(p) for role, p in inputs.items()}, out, StageContext(Path(workdir), progress))
-        seconds = time.perf_counter() - start
-        versions = library_versions()
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MARKER, {"stage_id": spec.stage_id, "kind": spec.kind, "config": spec.config,
-                                         "deps": spec.deps, "seconds": seconds, "finished_at": time.time(),
-                                         "versions": versions, "pid": os.getpid(), **(info or {})})
-        return {"stage_id": spec.stage_id, "status": "done", "seconds": seconds, "versions": versions}
-    except Exception as exc:  # a stage's failure is data: recorded with its error, the grid goes on
-        tb = traceback.format_exc(limit=8)
-        return {"stage_id": spec.stage_id, "status": "failed", "seconds": time.perf_counter() - start,
-                "error": f"{type(exc).__name__}: {exc}\n{tb}"}
-    finally:
-        torch.set_num_threads(threads)
-        if spec.resources.get("device"):
-            if device_before is None:
-                os.environ.pop("EDITDECAY_DEVICE", None)
-            else:
-                os.environ["EDITDECAY_DEVICE"] = device_before
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-class Backend(Protocol):
-    """Where stages run. ``submit`` starts one; ``wait`` returns at least one finished outcome."""
-
-    capacity: int
-
-    def submit(self, spec: StageSpec, inputs: dict[str, str], artifact: str) -> None: ...
-
-    def wait(self) -> list[dict[str, Any]]: ...
-
-    def close(self) -> None: ...
-
-
-class InProcessBackend:
-    """Runs each stage immediately in this process (the default: simplest, no pickling)."""
-
-    capacity = 1
-
-    def __init__(self, workdir: Path, fns: dict[str, StageFn | str] | None, progress: bool):
-        self.workdir, self.fns, self.progress = workdir, fns, progress
-        self.done: list[dict[str, Any]] = []
-
-    def submit(self, spec: StageSpec, inputs: dict[str, str], artifact: str) -> None:
-        self.done.append(execute_stage(spec.to_dict(), inputs, artifact, str(self.workdir), self.fns, self.progress))
-
-    def wait(self) -> list[dict[str, Any]]:
-        out, self.done = self.done, []
-        return out
-
-    def close(self) -> None:
-        pass
-
-
-def _worker_init() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-class ProcessPoolBackend:
-    """N spawned worker processes; a worker that dies (OOM, segfault) fails only its stage."""
-
-    def __init__(self, workdir: Path, fns: dict[str, StageFn | str] | None, workers: int):
-        import multiprocessing
-
-        for kind, fn in (fns or {}).items():
-            if not isinstance(fn, str) and getattr(fn, "__module__", "").startswith(("test", "__main__")):
-                raise ConfigError(f"stage function for {kind!r} must be importable ('module:function') "
-                                  "to run in worker processes")
-        self.workdir, self.fns, self.capacity = workdir, fns, workers
-        self.ctx = multiprocessing.get_context("spawn")
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=self.ctx, initializer=_worker_init)
-        self.futures: dict[Future, str] = {}
-
-    def submit(self, spec: StageSpec, inputs: dict[str, str], artifact: str) -> None:
-        fut = self.pool.submit(execute_stage, spec.to_dict(), inputs, artifact, str(self.workdir), self.fns, False)
-        self.futures[fut] = spec.stage_id
-
-    def wait(self) -> list[dict[str, Any]]:
-        done, _ = wait(list(self.futures), return_when=FIRST_COMPLETED)
-        out = []
-        for fut in done:
-            stage_id = self.futures.pop(fut)
-            try:
-                out.append(fut.result())
-            except Exception as exc:  # BrokenProcessPool: the worker died; record it and start a fresh pool
-                out.append({"stage_id": stage_id, "status": "failed", "seconds": None,
-                            "error": f"worker process died: {type(exc).__name__}: {exc}"})
-                if self.pool._broken:  # type: ignore[attr-defined]
-                    self.pool = ProcessPoolExecutor(max_workers=self.capacity, mp_context=self.ctx,
-                                                    initializer=_worker_init)
-        return out
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+from editdecay.util.io import read_json
 
 
 @dataclass
@@ -243,15 +92,13 @@ def run_grid(
 ) -> RunResult:
     """Validate, plan and execute a grid into ``store``; re-running resumes where it stopped."""
     started = time.perf_counter()
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"--backend {backend!r}: allowed: local, ray")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers!r}: must be a positive integer")
     plan = plan_grid(grid_or_path)  # every config error surfaces here, before any work
     store_path = Path(store)
     work = Path(workdir).expanduser() if workdir else default_workdir(plan.grid, store_path)
-    from editdecay.experiment.cost import ensure_plan_fits
-
     ensure_plan_fits(plan, workdir=work, check_machine=(backend == "local"))  # refuse before any work
     with workdir_lock(work), Store(store_path) as db:
         artifacts = {sid: artifact_path(work, spec) for sid, spec in plan.stages.items()}
@@ -284,7 +131,7 @@ def run_grid(
         if result.adopted:
             log(f"adopted {len(result.adopted)} finished artifact(s) that were not yet recorded")
         _reopen_transient(plan, db, artifacts, status)
-        engine = _make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
+        engine = make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
         try:
             _execute(plan, db, engine, artifacts, status, result, progress)
         finally:
@@ -292,17 +139,6 @@ def run_grid(
         result.runs = db.refresh_runs()
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _make_backend(backend: str, work: Path, fns: dict[str, StageFn | str] | None, workers: int, progress: bool,
-                  ray_address: str | None) -> Backend:
-    if backend == "ray":
-        from editdecay.experiment.ray_backend import RayBackend
-
-        return RayBackend(work, fns, address=ray_address)
-    if workers > 1:
-        return ProcessPoolBackend(work, fns, workers)
-    return InProcessBackend(work, fns, progress)
 
 
 def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any], adopted: bool = False) -> None:
@@ -331,7 +167,7 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                     blocked.add(sid)
                     result.skipped.append(sid)
                     bar.update(1)
-                elif all(status[d] == "done" for d in deps) and len(in_flight) < _capacity(engine):
+                elif all(status[d] == "done" for d in deps) and len(in_flight) < capacity(engine):
                     spec = plan.stages[sid]
                     pending.remove(sid)
                     db.mark_running(sid)
@@ -392,7 +228,3 @@ def _reopen_transient(plan: Plan, db: Store, artifacts: dict[str, Path], status:
                 log(f"{sid}: its weights were dropped and an evaluation of it is missing; fine-tuning it again")
                 db.reset_stage(sid)
                 status[sid] = "pending"
-
-
-def _capacity(engine: Backend) -> int:
-    return getattr(engine, "capacity", 1)

@@ -7,19 +7,20 @@ dict goes into the folder's ``_stage.json`` marker. ``{"model": "."}`` means "th
 atomically and reuses an output that is already complete, so a stage interrupted after writing its folder
 but before being marked done costs nothing on resume.
 
-The runner takes a table of these (``STAGE_FUNCTIONS``), so tests can inject small fakes for machinery tests.
+:mod:`editdecay.experiment.execute` holds the table of these (``STAGE_FUNCTIONS``) and runs one; tests inject
+small fakes for machinery tests.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from editdecay.errors import ConfigError, DataError
-from editdecay.experiment.grid import TINY_PREFIX, StageSpec
+from editdecay.experiment.facts import TINY_PREFIX
+from editdecay.experiment.plan import StageSpec
 from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
 
 MARKER = "_stage.json"
@@ -155,12 +156,6 @@ def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     return {"model": ".", "stats_id": result.stats_id}
 
 
-def is_transient(spec: StageSpec) -> bool:
-    """A full fine-tune the grid does not keep: its weights live only until every evaluation of it is done."""
-    return spec.kind == "finetune" and spec.config["finetune"].get("type") == "full" and \
-        not spec.config.get("keep_model", True)
-
-
 def drop_weights(artifact: Path) -> int:
     """Delete a transient fine-tune's model files (manifest, log and trajectory stay); bytes freed."""
     freed = 0
@@ -213,31 +208,3 @@ def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / EVALUATION, result)
     return {}
-
-
-STAGE_FUNCTIONS: dict[str, StageFn] = {
-    "base": run_base,
-    "stats": run_stats,
-    "targets": run_targets,
-    "edit": run_edit,
-    "finetune": run_finetune,
-    "evaluate": run_evaluate,
-}
-
-
-def read_outputs(kind: str, artifact: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-    """(evaluation dict, trajectory list) that the store ingests from a finished artifact."""
-    evaluation = trajectory = None
-    if kind == "evaluate":
-        path = artifact / EVALUATION
-        if not path.exists():
-            raise DataError(str(path), "evaluation stage finished without writing its evaluation JSON")
-        evaluation = read_json(path)
-    elif kind == "finetune" and (artifact / "trajectory.json").exists():
-        raw = read_json(artifact / "trajectory.json")
-        trajectory = raw if isinstance(raw, list) else raw.get("points", []) if isinstance(raw, dict) else None
-    return evaluation, trajectory
-
-
-def log(message: str) -> None:
-    print(f"[editdecay] {message}", file=sys.stderr, flush=True)
