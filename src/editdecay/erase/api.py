@@ -82,7 +82,7 @@ def inspect_edits(
     else:
         scores = locate.weights_only_scores(m, adapter, threshold=threshold)
         report.update(mode="weights", base=None, layers=scores["layers"], statistic=scores["statistic"],
-                      threshold=threshold)
+                      threshold=threshold, location_note=locate.WEIGHTS_ONLY_NOTE)
         report["located_layers"] = scores["located_layers"]
         for row in scores["layers"]:
             if row["layer"] in scores["located_layers"]:
@@ -168,7 +168,8 @@ def erase(
         if layers is None:
             scores = locate.weights_only_scores(m, adapter, threshold=threshold)
             located = scores["located_layers"]
-            manifest.update(layer_scores=scores["layers"], statistic=scores["statistic"])
+            manifest.update(layer_scores=scores["layers"], statistic=scores["statistic"],
+                            location_note=locate.WEIGHTS_ONLY_NOTE)
         else:
             located = sorted(layers)
         manifest["located_layers"] = located

@@ -122,6 +122,8 @@ def rewrite_matrix(model: nn.Module, adapter: ArchAdapter, layer: int) -> torch.
     return adapter.as_out_in(adapter.rewrite_weight(model, layer).detach()).double()
 
 
+WEIGHTS_ONLY_NOTE = ("a statistic, not a proof: on SmolLM2 it flags natural outlier layers (0, 2, 4, 22, 29) and "
+                     "misses 1-10 MEMIT/AlphaEdit edits; see docs/erase.md. Pass --layers or --base when known.")
 DEFAULT_THRESHOLD = 3.5  # robust z-score (median / MAD of the neighbouring layers) above which a layer is located
 SPECTRUM_K = 16  # leading singular values compared
 NEIGHBOURS = 6  # layers on each side that form a layer's reference
