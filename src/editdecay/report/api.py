@@ -9,6 +9,7 @@ from typing import Any
 from editdecay.errors import ConfigError
 from editdecay.report import findings as findings_mod
 from editdecay.report import plots, render, tables
+from editdecay.report import shift as shift_mod
 from editdecay.report.load import Results, load_results
 from editdecay.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -33,6 +34,9 @@ def build_report(results: str | os.PathLike | Results, with_figures: bool = True
     res = results if isinstance(results, Results) else load_results(results)
     findings = findings_mod.all_findings(res, alpha=alpha, min_pairs=min_pairs)
     all_tables = tables.all_tables(res, findings_mod.findings_table(findings), seed=seed)
+    shift = shift_mod.shift_table(res)
+    if shift.rows:  # only stores with an activation-shift analysis (`editdecay analyze shift --store`)
+        all_tables.insert(-1, shift)
     notes = list(res.notes)
     figures: list[plots.Figure | plots.Skipped] = []
     if with_figures:
