@@ -24,10 +24,12 @@ setup: $(STAMP)
 
 DEMO_OUT ?= demo-out
 
-# The main job: edit SmolLM2 (MEMIT), fine-tune it (LoRA), score the four groups, write the report.
+# The main job: MEMIT and AlphaEdit on SmolLM2, two fine-tuning settings (tracked), the report with its findings.(the report
+# reads only the store: `editdecay analyze` writes the target frequencies into it first).
 # Resumable: running it again reuses every finished stage.
 demo: setup
-	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work
+	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work --workers 2
+	$(BIN)/editdecay analyze frequency --store $(DEMO_OUT)/results.db
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --out $(DEMO_OUT)/report
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --format text
 	@echo "report: $(DEMO_OUT)/report/report.html"
@@ -38,6 +40,7 @@ STUDY_STORE ?= docs/results/cpu-study.db
 STUDY_WORK ?= study-work
 study: setup
 	$(BIN)/editdecay run configs/cpu-study.yaml --store $(STUDY_STORE) --workdir $(STUDY_WORK) --workers 2
+	$(BIN)/editdecay analyze frequency --store $(STUDY_STORE)
 	$(BIN)/editdecay report $(STUDY_STORE) --out docs/results/cpu-study
 	$(BIN)/editdecay status --store $(STUDY_STORE) --export docs/results/cpu-study/store-csv
 
