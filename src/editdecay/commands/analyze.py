@@ -24,6 +24,7 @@ from typing import Any
 from editdecay.models.device import add_device_args
 
 REPORT_KEY = ("model", "method", "ft_type", "layers")
+DROPPED = " (a grid drops a full fine-tune's weights once its evaluations are done unless it says keep: [finetune])"
 STAGE_MARKER = "_stage.json"  # experiment/stages.py: a stage folder's marker naming the model it stands for
 
 
@@ -174,7 +175,7 @@ def layer_change_into(store_path: str | os.PathLike, every_run: bool = False) ->
                 continue
             if edit is None or edit_dir is None or ft_dir is None:
                 what = "edit" if edit_dir is None else "fine-tune"
-                note = f"the {what} artifacts of run {run['run_id']} are not on disk"
+                note = f"the {what} artifacts of run {run['run_id']} are not on disk{DROPPED}"
                 store.note_analysis("layer_change", ft["stage_id"], "failed", note)
                 lines.append(f"skipped: {note}")
                 continue
@@ -237,7 +238,7 @@ def shift_into(store_path: str | os.PathLike, analyse: Callable[[str, str, str],
                 continue
             paths = folders(run)
             if not all(paths):
-                note = f"the base, edit or fine-tune artifacts of run {run['run_id']} are not on disk"
+                note = f"the base, edit or fine-tune artifacts of run {run['run_id']} are not on disk{DROPPED}"
                 store.note_analysis("activation_shift", ft["stage_id"], "failed", note)
                 lines.append(f"skipped: {note}")
                 continue
