@@ -24,8 +24,8 @@ setup: $(STAMP)
 
 DEMO_OUT ?= demo-out
 
-# The main job: MEMIT and AlphaEdit on SmolLM2, two fine-tuning settings (tracked), the report with its findings.(the report
-# reads only the store: `editdecay analyze` writes the target frequencies into it first).
+# The main job: MEMIT and AlphaEdit on SmolLM2, two fine-tuning settings (tracked), the report with its findings
+# (the report reads only the store: `editdecay analyze` writes the target frequencies into it first).
 # Resumable: running it again reuses every finished stage.
 demo: setup
 	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work --workers 2
