@@ -134,3 +134,28 @@ def test_layer_change_into_the_store_and_from_a_deltas_only_edit(shift_store):
     small, small_layers = edit_change(root / "small")
     assert small_layers == [1] and small[1] == pytest.approx(edit[1], rel=1e-5)
     assert finetune_change(root / "small", root / "ft") == pytest.approx(ft_change, rel=1e-4, abs=1e-7)
+
+
+def test_frequency_counts_and_an_unreadable_corpus_are_stored_and_quoted(tmp_path):
+    from editdecay.cli import main
+    from editdecay.report.api import build_report
+    from editdecay.report.load import load_results
+
+    corpus = write_corpus(tmp_path / "ft.jsonl")
+    store = build_store(tmp_path / "r.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all",), ft_data=str(corpus))
+    assert main(["analyze", "frequency", "--store", str(store)]) == 0
+    counts = load_results(store).target_frequency[str(corpus)]
+    assert counts["Paris"] == sum(i % 3 + 1 for i in range(60)) and counts["Tokyo"] == 6 and counts["Berlin"] == 0
+    corpus.unlink()  # the report does not need the corpus any more
+    assert "survival_vs_frequency" in {f.name for f in build_report(store).figures if hasattr(f, "png")}
+    conn = sqlite3.connect(store)
+    conn.execute("UPDATE runs SET ft_data = 'no-such-corpus.jsonl'")
+    conn.commit()
+    conn.close()
+    assert main(["analyze", "frequency", "--store", str(store)]) == 0
+    res = load_results(store)
+    status, note = res.analyses[("target_frequency", "no-such-corpus.jsonl")]
+    assert status == "failed" and "no-such-corpus.jsonl" in note
+    skipped = {f.name: f.reason for f in build_report(res).figures if not hasattr(f, "png")}
+    assert skipped["survival_vs_frequency"] == note
