@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from editdecay.artifacts import MARKER
 from editdecay.cli import main
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.runner import run_grid, workdir_lock
-from editdecay.experiment.stages import MARKER, run_edit
+from editdecay.experiment.stages import run_edit
 from editdecay.experiment.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,11 @@ fine-tune folder is *merged* (a model folder plus ``manifest.json`` and, for LoR
 may itself be a deltas-only edit folder). Every command that takes ``--model`` accepts all four: a small folder
 is materialised as base + deltas or base + merged adapter, the same weights the full form would hold.
 
-This module knows the file names and manifest fields; it imports nothing from the stages (models/ calls it).
+A grid stage's folder also holds ``_stage.json`` (:data:`MARKER`), written last: the stage is finished, and
+``model`` names the model the folder stands for (``"."`` = the folder itself).
+
+This module knows the file names and manifest fields and is their typed reader: every reader's error names
+the file and the field. It imports nothing from the stages (models/ calls it).
 """
 
 from __future__ import annotations
@@ -18,18 +22,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from editdecay.errors import DataError, ModelError
+from editdecay.errors import ConfigError, DataError, ModelError
 
 MANIFEST = "manifest.json"
 DELTAS = "deltas.safetensors"
+ALPHAEDIT_STATE = "alphaedit_state.safetensors"  # AlphaEdit's projection and earlier keys (edit folder)
 ADAPTER = "adapter"
 MODEL_CONFIG = "config.json"
+TRAIN_LOG = "train_log.jsonl"  # fine-tune folder: one JSON line per logged step
+TRAJECTORY = "trajectory.json"  # fine-tune folder with tracking: [{"step", "efficacy", ...}]
+MARKER = "_stage.json"  # grid stage folder: written last, once the stage is finished
+EVALUATION = "evaluation.json"  # grid evaluate stage: the evaluation JSON
 FORMS = ("model", "edit-deltas", "adapter")
 
 
 def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[str, Any]:
-    """``folder/manifest.json`` as a dict; errors name the file and the field that is wrong."""
-    path = Path(folder) / MANIFEST
+    """``folder/manifest.json`` (or ``folder`` itself when it is a JSON file) as a dict; errors name the file and
+    the field that is wrong."""
+    path = Path(folder)
+    path = path if path.suffix == ".json" and not path.is_dir() else path / MANIFEST
     if not path.exists():
         raise DataError(str(path), "not found: the folder is not an edit or fine-tune folder")
     try:
@@ -41,6 +52,147 @@ def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[s
     if stage is not None and manifest.get("stage") != stage:
         raise DataError(str(path), f"is a {manifest.get('stage')!r} manifest, expected {stage!r}", field="stage")
     return manifest
+
+
+def _read_object(path: Path, missing: str) -> dict[str, Any]:
+    if not path.exists():
+        raise DataError(str(path), missing)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise DataError(str(path), "expected a JSON object")
+    return data
+
+
+def is_edit_folder(folder: str | os.PathLike) -> bool:
+    """A folder holding an edit manifest (``"stage": "edit"``)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("stage") == "edit"
+
+
+def read_edit_manifest(folder: str | os.PathLike, missing: str | None = None) -> dict[str, Any]:
+    """An edit folder's manifest, checked: ``stage`` (edit, when given), ``layers`` (integers), ``records`` (a list).
+
+    ``missing`` is the message when there is no manifest (what the caller needed the edit folder for).
+    """
+    path = Path(folder) / MANIFEST
+    manifest = _read_object(path, missing or "no edit manifest here: pass an edit folder written by `editdecay edit`")
+    if manifest.get("stage", "edit") != "edit":
+        raise DataError(str(path), f"not an edit manifest (expected \"stage\": \"edit\", got {manifest['stage']!r})",
+                        field="stage")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+        raise DataError(str(path), "expected a list of integer layer indices", field="layers")
+    if not isinstance(manifest.get("records", []), list):
+        raise DataError(str(path), "expected a list of edit records", field="records")
+    return manifest
+
+
+def edited_layers(manifest: dict[str, Any]) -> list[int]:
+    """THE edited layers of an edit manifest: its ``layers``, sorted, each once."""
+    return sorted(set(manifest.get("layers") or []))
+
+
+def edited_selection(word: str, edited: list[int], n_layers: int) -> list[int]:
+    """THE meaning of the fine-tuning selections 'edited' and 'non-edited' given the edited layers: those layers
+    (sorted, each once) or every other layer of the model (used by planning and by fine-tuning alike)."""
+    layers = sorted(set(edited))
+    if word == "edited":
+        return layers
+    if word == "non-edited":
+        return [i for i in range(n_layers) if i not in set(layers)]
+    raise ValueError(f"not a word selection: {word!r} (expected 'edited' or 'non-edited')")
+
+
+def edit_records(manifest: dict[str, Any], source: str | os.PathLike) -> list[Any]:
+    """The manifest's ``records`` as EditRecords, in order; errors name ``source``, the record and the field."""
+    from editdecay.data.records import EditRecord
+
+    raw = manifest.get("records", [])
+    if not isinstance(raw, list):
+        raise DataError(str(source), "expected a list of edit records", field="records")
+    fields = set(EditRecord.__dataclass_fields__)
+    records = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise DataError(str(source), "expected an EditRecord object", index, "records")
+        unknown = set(item) - fields
+        if unknown:
+            raise DataError(str(source), f"unknown EditRecord fields {sorted(unknown)}", index, "records")
+        missing = {"case_id", "subject", "prompt", "target_new"} - set(item)
+        if missing:
+            raise DataError(str(source), f"missing EditRecord fields {sorted(missing)}", index, "records")
+        try:
+            records.append(EditRecord.from_dict(item))
+        except (TypeError, ValueError) as exc:
+            raise DataError(str(source), f"not an EditRecord ({exc})", index, "records") from None
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# grid stage folders: the marker
+
+
+def read_marker(artifact: str | os.PathLike) -> dict[str, Any]:
+    """A stage folder's ``_stage.json``."""
+    return _read_object(Path(artifact) / MARKER, "no stage marker: the stage has not finished")
+
+
+def marker_model(artifact: str | os.PathLike) -> str:
+    """The model a (base/edit/finetune) stage folder stands for: the folder itself or the path its marker names."""
+    artifact = Path(artifact)
+    marker = read_marker(artifact)
+    if marker.get("weights") == "dropped":
+        raise ConfigError(f"{artifact}: this full fine-tune's weights were not kept once its evaluations were done; "
+                          "add `keep: [finetune]` to the grid and run it again to keep them")
+    model = marker.get("model")
+    if model is None:
+        raise ConfigError(f"{artifact / MARKER}: stage artifact does not name a model")
+    return str(artifact) if model == "." else str(model)
+
+
+def weights_dropped(artifact: str | os.PathLike) -> bool:
+    """A transient full fine-tune whose model files were deleted once its evaluations were done."""
+    path = Path(artifact) / MARKER
+    return path.exists() and read_marker(artifact).get("weights") == "dropped"
+
+
+def drop_weights(artifact: str | os.PathLike) -> int:
+    """Delete a fine-tune folder's model files (manifest, log and trajectory stay), say so in the marker; bytes
+    freed."""
+    from editdecay.util.io import atomic_write_json
+
+    artifact = Path(artifact)
+    freed = 0
+    for name in (MODEL_CONFIG, "generation_config.json", "model.safetensors.index.json"):
+        if (artifact / name).exists():
+            freed += (artifact / name).stat().st_size
+            (artifact / name).unlink()
+    for path in artifact.glob("model*.safetensors"):
+        freed += path.stat().st_size
+        path.unlink()
+    atomic_write_json(artifact / MARKER, {**read_marker(artifact), "weights": "dropped"})
+    return freed
+
+
+def read_trajectory(folder: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """A fine-tune folder's tracked trajectory (a list of points), or None when it did not track edits."""
+    path = Path(folder) / TRAJECTORY
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not valid JSON ({exc})") from None
+    return raw if isinstance(raw, list) else raw.get("points", []) if isinstance(raw, dict) else None
 
 
 def folder_form(folder: str | os.PathLike) -> str | None:

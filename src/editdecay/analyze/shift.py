@@ -23,13 +23,6 @@ import numpy as np
 from editdecay.errors import ConfigError, DataError, ModelError
 
 
-def read_edit_manifest(edit_dir: str | os.PathLike) -> dict[str, Any]:
-    """The edit folder's manifest (errors name manifest.json and the field that is wrong)."""
-    from editdecay.artifacts import read_manifest
-
-    return read_manifest(edit_dir, stage="edit")
-
-
 def subject_positions(tokenizer: Any, records: list[Any]) -> list[tuple[list[int], int]]:
     """(token ids, index of the subject's last token) of each record's bare prompt, found by the editor's own
     locator (``edit.prompts``: the rows of the bare "{}" template that the keys are read from), so the shift is
@@ -120,21 +113,18 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
     ``edited`` is an edit folder: its manifest.json gives the records (and, by default, the layers).
     ``device``/``dtype``: where and in what precision the three models are loaded (see models/device.py).
     """
-    from editdecay.data.records import EditRecord
+    from editdecay.artifacts import MANIFEST, edit_records, edited_layers, read_edit_manifest
     from editdecay.models.registry import load_model
 
     manifest = read_edit_manifest(edited)
-    raw_records = manifest.get("records")
-    if not isinstance(raw_records, list) or not raw_records:
-        raise DataError(str(Path(edited) / "manifest.json"), "has no 'records' list", field="records")
-    try:
-        records = [EditRecord.from_dict(r) for r in raw_records]
-    except TypeError as exc:
-        raise DataError(str(Path(edited) / "manifest.json"), f"a record is malformed ({exc})", field="records") from None
+    source = Path(edited) / MANIFEST
+    if not manifest.get("records"):
+        raise DataError(str(source), "has no 'records' list", field="records")
+    records = edit_records(manifest, source)
     if n is not None:
         records = records[:n]
     if layers is None:
-        layers = sorted(int(x) for x in manifest.get("layers", []))
+        layers = edited_layers(manifest)
         if not layers:
             raise ConfigError(f"{edited}/manifest.json lists no edited 'layers': pass --layers")
     m_ed, tok = load_model(edited, device=device, dtype=dtype)

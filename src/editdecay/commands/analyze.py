@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editdecay.artifacts import MARKER as STAGE_MARKER
 from editdecay.models.device import add_device_args
 
 REPORT_KEY = ("model", "method", "ft_type", "layers")
 DROPPED = " (a grid drops a full fine-tune's weights once its evaluations are done unless it says keep: [finetune])"
-STAGE_MARKER = "_stage.json"  # experiment/stages.py: a stage folder's marker naming the model it stands for
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.artifacts import ALPHAEDIT_STATE, DELTAS, MANIFEST
 from editdecay.data.records import EditRecord
 from editdecay.edit.hooks import model_device
 from editdecay.edit.hparams import EditHparams, resolve_hparams
@@ -36,9 +37,6 @@ from editdecay.edit.targets import compute_targets
 from editdecay.edit.targets_cache import TargetCache, as_cache
 from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.models.arch import get_adapter
-
-DELTAS_FILE = "deltas.safetensors"
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -210,7 +208,7 @@ def load_deltas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if path.is_dir():
-        path = path / DELTAS_FILE
+        path = path / DELTAS
     if not path.exists():
         raise ModelError(f"{path} not found: not an edit folder")
     return load_file(str(path))
@@ -277,9 +275,9 @@ def edit_to_folder(
         if not deltas_only:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        save_deltas(tmp / DELTAS_FILE, result.deltas)
+        save_deltas(tmp / DELTAS, result.deltas)
         if result.state is not None:
-            result.state.save(tmp / "alphaedit_state.safetensors")
+            result.state.save(tmp / ALPHAEDIT_STATE)
         result.timings["save"] = time.perf_counter() - t
         manifest = {
             "stage": "edit",
@@ -304,6 +302,6 @@ def edit_to_folder(
             "summary": result.summary(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        atomic_write_json(tmp / MANIFEST_FILE, manifest)
+        atomic_write_json(tmp / MANIFEST, manifest)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.artifacts import MANIFEST
 from editdecay.erase import locate, reverse, trace
 from editdecay.errors import ConfigError, ModelError
 from editdecay.models.arch import get_adapter
 
 STRATEGIES = ("reedit", "project", "finetune", "svd")
-MANIFEST = "manifest.json"
 
 
 def _load(name_or_path: str | os.PathLike | tuple[nn.Module, Any]) -> tuple[nn.Module, Any, str]:

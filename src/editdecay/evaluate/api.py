@@ -63,33 +63,18 @@ def load_records_arg(value: str | os.PathLike, n: int | None = None) -> list[Edi
     A manifest (``manifest.json``, or the edit folder holding it) yields exactly its ``records`` (EditRecord
     dicts), in order; ``n`` keeps the first n.
     """
-    path = Path(value)
-    if path.is_dir() and (path / "manifest.json").exists():
-        path = path / "manifest.json"
-    if path.name == "manifest.json" or (path.suffix == ".json" and _looks_like_manifest(path)):
-        from editdecay.util.io import read_json
+    from editdecay.artifacts import MANIFEST, edit_records, read_manifest
 
-        try:
-            manifest = read_json(path)
-        except (OSError, ValueError) as exc:
-            raise DataError(str(path), f"cannot read manifest: {exc}") from None
-        if not isinstance(manifest, dict) or "records" not in manifest:
+    path = Path(value)
+    if path.is_dir() and (path / MANIFEST).exists():
+        path = path / MANIFEST
+    if path.name == MANIFEST or (path.suffix == ".json" and _looks_like_manifest(path)):
+        manifest = read_manifest(path)
+        if "records" not in manifest:
             raise DataError(str(path), "manifest has no 'records' list", field="records")
-        raw = manifest["records"]
-        if not isinstance(raw, list) or not raw:
+        if not isinstance(manifest["records"], list) or not manifest["records"]:
             raise DataError(str(path), "manifest 'records' must be a non-empty list", field="records")
-        fields = set(EditRecord.__dataclass_fields__)
-        records = []
-        for index, item in enumerate(raw):
-            if not isinstance(item, dict):
-                raise DataError(str(path), "expected an EditRecord object", index, "records")
-            unknown = set(item) - fields
-            if unknown:
-                raise DataError(str(path), f"unknown EditRecord fields {sorted(unknown)}", index, "records")
-            missing = {"case_id", "subject", "prompt", "target_new"} - set(item)
-            if missing:
-                raise DataError(str(path), f"missing EditRecord fields {sorted(missing)}", index, "records")
-            records.append(EditRecord.from_dict(item))
+        records = edit_records(manifest, path)
         return records[:n] if n is not None else records
     return load_edit_records(value, n=n)
 

@@ -17,11 +17,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from editdecay.artifacts import EVALUATION, MARKER, read_trajectory
 from editdecay.errors import ConfigError, DataError
 from editdecay.experiment.plan import StageSpec
 from editdecay.experiment.stages import (
-    EVALUATION,
-    MARKER,
     StageContext,
     StageFn,
     run_base,
@@ -123,9 +122,8 @@ def read_outputs(kind: str, artifact: Path) -> tuple[dict[str, Any] | None, list
         if not path.exists():
             raise DataError(str(path), "evaluation stage finished without writing its evaluation JSON")
         evaluation = read_json(path)
-    elif kind == "finetune" and (artifact / "trajectory.json").exists():
-        raw = read_json(artifact / "trajectory.json")
-        trajectory = raw if isinstance(raw, list) else raw.get("points", []) if isinstance(raw, dict) else None
+    elif kind == "finetune":
+        trajectory = read_trajectory(artifact)
     return evaluation, trajectory
 
 

@@ -46,9 +46,9 @@ def resolve_source(source: str, store: str | os.PathLike | None = None, group: s
             raise ConfigError(f"{store}: stage {source!r} is a {row['kind']} stage: it holds no model")
         if row["status"] != "done":
             raise ConfigError(f"{store}: stage {source!r} is {row['status']}: run the grid to finish it first")
-    from editdecay.experiment.stages import model_source
+    from editdecay.artifacts import marker_model
 
-    return model_source(Path(row["artifact"]))
+    return marker_model(Path(row["artifact"]))
 
 
 def export_model(source: str, out: str | os.PathLike, *, store: str | os.PathLike | None = None,

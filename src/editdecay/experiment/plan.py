@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from editdecay.artifacts import edited_selection
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.facts import TINY_PREFIX, tiny_size
 from editdecay.experiment.schema import Grid, finetune_settings, resolved_edit_hparams
@@ -94,9 +95,7 @@ class Plan:
 def _resolve_ft_layers(sel: Any, edit_layers: list[int], n_layers: int, path: str) -> list[int] | str:
     """'edited'/'non-edited' -> explicit lists, so M_ft and M_ed_ft train exactly the same parameters."""
     if sel in ("edited", "non-edited"):
-        if sel == "edited":
-            return sorted(edit_layers)
-        return [i for i in range(n_layers) if i not in set(edit_layers)]
+        return edited_selection(sel, edit_layers, n_layers)
     return sel
 
 

@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editdecay.artifacts import drop_weights, read_marker, weights_dropped
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.backends import BACKENDS, Backend, capacity, make_backend
 from editdecay.experiment.cost import ensure_plan_fits
 from editdecay.experiment.execute import artifact_path, is_complete, log, read_outputs
 from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
 from editdecay.experiment.schema import Grid, load_grid
-from editdecay.experiment.stages import MARKER, StageFn, drop_weights, weights_dropped
+from editdecay.experiment.stages import StageFn
 from editdecay.experiment.store import Store
-from editdecay.util.io import read_json
 
 
 @dataclass
@@ -123,7 +123,7 @@ def run_grid(
                 result.missing.append(sid)
             elif status[sid] != "done" and is_complete(artifacts[sid]):  # finished after the last store write
                 try:
-                    _finish(db, spec, artifacts[sid], read_json(artifacts[sid] / MARKER), adopted=True)
+                    _finish(db, spec, artifacts[sid], read_marker(artifacts[sid]), adopted=True)
                     status[sid] = "done"
                     result.adopted.append(sid)
                 except EditDecayError as exc:

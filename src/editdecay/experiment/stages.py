@@ -18,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editdecay.errors import ConfigError, DataError
+from editdecay.artifacts import ADAPTER, DELTAS, EVALUATION, MANIFEST, MODEL_CONFIG, marker_model
+from editdecay.errors import DataError
 from editdecay.experiment.facts import TINY_PREFIX
 from editdecay.experiment.plan import StageSpec
-from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
-
-MARKER = "_stage.json"
-EVALUATION = "evaluation.json"
+from editdecay.util.io import atomic_dir, atomic_write_json, stable_hash
 
 
 @dataclass(frozen=True)
@@ -36,18 +34,6 @@ class StageContext:
 
 
 StageFn = Callable[[StageSpec, dict[str, Path], Path, StageContext], dict[str, Any]]
-
-
-def model_source(artifact: Path) -> str:
-    """The model a (base/edit/finetune) artifact stands for: the folder itself or the path its marker names."""
-    marker = read_json(artifact / MARKER)
-    if marker.get("weights") == "dropped":
-        raise ConfigError(f"{artifact}: this full fine-tune's weights were not kept once its evaluations were done; "
-                          "add `keep: [finetune]` to the grid and run it again to keep them")
-    model = marker.get("model")
-    if model is None:
-        raise ConfigError(f"{artifact / MARKER}: stage artifact does not name a model")
-    return str(artifact) if model == "." else str(model)
 
 
 def _records(spec: StageSpec) -> list:
@@ -65,7 +51,7 @@ def run_base(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     """Make the base model available: tiny:<arch> is built and saved here; other names are resolved/converted."""
     name = spec.config["model"]
     if name.startswith(TINY_PREFIX):
-        if (out_dir / "config.json").exists():
+        if (out_dir / MODEL_CONFIG).exists():
             return {"model": "."}
         from editdecay.models.tiny import tiny_model
 
@@ -92,7 +78,7 @@ def run_stats(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stag
     from editdecay.models.registry import load_model
 
     cfg = spec.config
-    model, tok = load_model(model_source(inputs["model"]), dtype=cfg.get("dtype"))
+    model, tok = load_model(marker_model(inputs["model"]), dtype=cfg.get("dtype"))
     with atomic_dir(out_dir) as tmp:
         result = second_moments(model, tok, get_adapter(model), cfg["layers"], **stats_kwargs(cfg),
                                 cache=StatsCache(tmp), progress=ctx.progress)
@@ -119,7 +105,7 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
     from editdecay.models.registry import load_model
 
     cfg = spec.config
-    model, tok = load_model(model_source(inputs["model"]), dtype=cfg.get("dtype"))
+    model, tok = load_model(marker_model(inputs["model"]), dtype=cfg.get("dtype"))
     hp = hparams_from_dict("memit", {k: v for k, v in cfg["z"].items() if v is not None})
     templates = context_templates(model, tok, hp.context_template_length_params, cfg["seed"])
     pool = TargetCache(target_pool(ctx))
@@ -139,40 +125,20 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
 def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
     """Edit the base model with the run's records; the artifact is the edit folder: deltas + manifest (and the
     model copy only when the grid keeps edit models). Its target values come from the targets stage's pool."""
-    from editdecay.artifacts import DELTAS, MANIFEST
     from editdecay.edit.api import edit_to_folder
     from editdecay.edit.stats import StatsCache
     from editdecay.edit.targets_cache import TargetCache
 
     cfg = spec.config
     keep = cfg.get("keep_model", False)
-    if (out_dir / MANIFEST).exists() and (out_dir / DELTAS).exists() and (not keep or (out_dir / "config.json").exists()):
+    if (out_dir / MANIFEST).exists() and (out_dir / DELTAS).exists() and (not keep or (out_dir / MODEL_CONFIG).exists()):
         return {"model": ".", "reused": True}
     z_cache = TargetCache(target_pool(ctx)) if "targets" in inputs else False
-    result = edit_to_folder(model_source(inputs["model"]), _records(spec), out_dir, cfg["method"],
+    result = edit_to_folder(marker_model(inputs["model"]), _records(spec), out_dir, cfg["method"],
                             hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
                             progress=ctx.progress, records_source=cfg["edit_data"], targets_cache=z_cache,
                             deltas_only=not keep, overwrite=True, dtype=cfg.get("dtype"))
     return {"model": ".", "stats_id": result.stats_id}
-
-
-def drop_weights(artifact: Path) -> int:
-    """Delete a transient fine-tune's model files (manifest, log and trajectory stay); bytes freed."""
-    freed = 0
-    for name in ("config.json", "generation_config.json", "model.safetensors.index.json"):
-        if (artifact / name).exists():
-            freed += (artifact / name).stat().st_size
-            (artifact / name).unlink()
-    for path in artifact.glob("model*.safetensors"):
-        freed += path.stat().st_size
-        path.unlink()
-    marker = read_json(artifact / MARKER)
-    atomic_write_json(artifact / MARKER, {**marker, "weights": "dropped"})
-    return freed
-
-
-def weights_dropped(artifact: Path) -> bool:
-    return (artifact / MARKER).exists() and read_json(artifact / MARKER).get("weights") == "dropped"
 
 
 def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
@@ -182,9 +148,9 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     from editdecay.finetune.api import finetune
 
     cfg = spec.config
-    if out_dir.exists() and not (out_dir / "config.json").exists() and not (out_dir / "adapter").exists():
+    if out_dir.exists() and not (out_dir / MODEL_CONFIG).exists() and not (out_dir / ADAPTER).exists():
         shutil.rmtree(out_dir)  # a transient fine-tune whose weights were dropped: an evaluation needs them again
-    source = model_source(inputs["model"])
+    source = marker_model(inputs["model"])
     track = inputs["model"] if cfg["track_edits"] else None
     adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
     preserve = inputs["model"] if cfg["finetune"].get("preserve_strategy", "none") != "none" else None
@@ -200,7 +166,7 @@ def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     if (out_dir / EVALUATION).exists():
         return {"reused": True}
     cfg = spec.config
-    result = evaluate_model(model_source(inputs["model"]), records=_records(spec), downstream=cfg.get("downstream"),
+    result = evaluate_model(marker_model(inputs["model"]), records=_records(spec), downstream=cfg.get("downstream"),
                             dtype=cfg.get("dtype"),
                             limit=cfg.get("limit"), seed=cfg.get("seed", 0), mode=cfg.get("mode", "loglik"),
                             batch_size=cfg.get("batch_size", 32), progress=ctx.progress,

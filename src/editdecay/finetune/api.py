@@ -20,11 +20,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.artifacts import (
+    ADAPTER,
+    MANIFEST,
+    TRAJECTORY,
+    edit_records,
+    is_edit_folder,
+    read_edit_manifest,
+)
+from editdecay.artifacts import TRAIN_LOG as LOG
 from editdecay.errors import ConfigError, DataError
 from editdecay.finetune import select as sel
 from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import TrainData, load_examples
-from editdecay.finetune.train import LOG, TRAJECTORY, DecayTracker, train
+from editdecay.finetune.train import DecayTracker, train
 from editdecay.models.arch import get_adapter
 from editdecay.preserve.strategy import Preserve
 from editdecay.util.env import library_versions, seed_everything
@@ -46,23 +55,14 @@ def _edit_manifest(track_edits: str | os.PathLike | None, edit_dir: str | os.Pat
     """The edit manifest for 'edited' layers and tracking: --track-edits, else edit_dir, else the model folder's."""
     for candidate in (track_edits, edit_dir):
         if candidate is not None:
-            return sel.read_edit_manifest(candidate), str(Path(candidate) / "manifest.json")
-    if model_dir is not None and (model_dir / "manifest.json").exists():
-        manifest = read_json(model_dir / "manifest.json")
-        if isinstance(manifest, dict) and manifest.get("stage") == "edit":
-            return sel.read_edit_manifest(model_dir), str(model_dir / "manifest.json")
+            return read_edit_manifest(candidate), str(Path(candidate) / MANIFEST)
+    if model_dir is not None and is_edit_folder(model_dir):
+        return read_edit_manifest(model_dir), str(model_dir / MANIFEST)
     return None, None
 
 
 def _tracked_records(manifest: dict[str, Any], source: str) -> list:
-    from editdecay.data.records import EditRecord
-
-    records = []
-    for index, raw in enumerate(manifest.get("records", [])):
-        try:
-            records.append(EditRecord.from_dict(raw))
-        except TypeError as exc:
-            raise DataError(source, f"not an EditRecord ({exc})", index=index, field="records") from None
+    records = edit_records(manifest, source)
     if not records:
         raise DataError(source, "the edit manifest lists no records to track", field="records")
     return records
@@ -71,7 +71,7 @@ def _tracked_records(manifest: dict[str, Any], source: str) -> list:
 def _prepare_dirs(out: Path, work: Path, run_hash: str, overwrite: bool) -> dict[str, Any] | None:
     """Refuse folders of a different run; return the manifest when this exact run is already finished."""
     if out.exists():
-        manifest_path = out / "manifest.json"
+        manifest_path = out / MANIFEST
         manifest = read_json(manifest_path) if manifest_path.exists() else None
         if isinstance(manifest, dict) and manifest.get("run_hash") == run_hash and not overwrite:
             return manifest
@@ -235,7 +235,7 @@ def finetune(
                 preserve.after_training(model, tokenizer, progress)
             model.save_pretrained(tmp)
         else:
-            train_module.save_pretrained(tmp / "adapter")
+            train_module.save_pretrained(tmp / ADAPTER)
             if not adapter_only:
                 merged = train_module.merge_and_unload()
                 if preserve is not None:
@@ -250,6 +250,6 @@ def finetune(
         if preserve is not None:
             preserve.write(tmp)
             manifest["preserve"] = preserve.manifest()
-        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_json(tmp / MANIFEST, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return manifest

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from editdecay.errors import ConfigError, DataError
+from editdecay.artifacts import edited_layers, edited_selection
+from editdecay.artifacts import (
+    read_edit_manifest as read_edit_manifest,  # the edit folder's reader, re-exported
+)
+from editdecay.errors import ConfigError
 from editdecay.finetune.config import FinetuneConfig, parse_layers
 from editdecay.models.arch import ArchAdapter, _get, get_adapter
-from editdecay.util.io import read_json
 
 
 @dataclass(frozen=True)
@@ -29,26 +31,6 @@ class Selection:
     projections: list[str]
     module_names: list[str]
     extra: list[str]
-
-
-def read_edit_manifest(edit_dir: str | Path) -> dict[str, Any]:
-    """The edit folder's manifest.json, checked for the fields fine-tuning needs ("layers", "records")."""
-    path = Path(edit_dir) / "manifest.json"
-    if not path.exists():
-        raise DataError(str(path), "no edit manifest here: pass an edit folder written by `editdecay edit`")
-    try:
-        manifest = read_json(path)
-    except ValueError as exc:
-        raise DataError(str(path), f"not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise DataError(str(path), "expected a JSON object")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
-        raise DataError(str(path), "expected a list of integer layer indices", field="layers")
-    records = manifest.get("records", [])
-    if not isinstance(records, list):
-        raise DataError(str(path), "expected a list of edit records", field="records")
-    return manifest
 
 
 def resolve_layers(
@@ -64,15 +46,15 @@ def resolve_layers(
                 f"layers='{spec}' needs an edit manifest: pass --track-edits EDIT_DIR (or a --model that is an "
                 "edit folder with manifest.json), or list the layers explicitly"
             )
-        edited = sorted(set(edit_manifest["layers"]))
+        edited = edited_layers(edit_manifest)
         bad = [i for i in edited if not 0 <= i < n_layers]
         if bad:
             raise ConfigError(f"edit manifest layers {bad} are outside this model's layers 0..{n_layers - 1}")
         if spec == "edited":
             if not edited:
                 raise ConfigError("layers='edited' but the edit manifest lists no edited layers")
-            return edited
-        rest = [i for i in range(n_layers) if i not in edited]
+            return edited_selection(spec, edited, n_layers)
+        rest = edited_selection(spec, edited, n_layers)
         if not rest:
             raise ConfigError("layers='non-edited' but every layer of the model was edited")
         return rest

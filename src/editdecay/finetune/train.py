@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.artifacts import TRAIN_LOG as LOG
 from editdecay.errors import ConfigError, NumericalError
 from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import IGNORE_INDEX, TrainData
@@ -35,8 +36,6 @@ from editdecay.models.arch import _get, get_adapter
 from editdecay.util.io import atomic_dir, atomic_write_json, atomic_write_text, dumps, read_json
 
 CHECKPOINT = "checkpoint"
-LOG = "train_log.jsonl"
-TRAJECTORY = "trajectory.json"
 
 
 def lr_at(step: int, total: int, warmup: int, base: float, schedule: str) -> float:

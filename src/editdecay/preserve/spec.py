@@ -14,10 +14,11 @@ from typing import Any
 
 from torch import nn
 
+from editdecay.artifacts import MANIFEST, edit_records, edited_layers, read_edit_manifest
 from editdecay.data.records import EditRecord
 from editdecay.errors import DataError
 from editdecay.models.arch import get_adapter
-from editdecay.util.io import read_json, stable_hash
+from editdecay.util.io import stable_hash
 
 
 @dataclass
@@ -58,21 +59,13 @@ class EditSpec:
 
 def load_edit_spec(edit_dir: str | os.PathLike, model: nn.Module) -> EditSpec:
     """Read ``edit_dir/manifest.json`` and check its rewritten weights against ``model``'s parameters."""
-    path = Path(edit_dir) / "manifest.json"
-    if not path.exists():
-        raise DataError(str(path), "no edit manifest here: --preserve-edits needs an edit folder from `editdecay edit`")
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or manifest.get("stage", "edit") != "edit":
-        raise DataError(str(path), "not an edit manifest (expected \"stage\": \"edit\")", field="stage")
-    layers = manifest.get("layers")
-    if not isinstance(layers, list) or not layers or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+    path = Path(edit_dir) / MANIFEST
+    manifest = read_edit_manifest(edit_dir, missing="no edit manifest here: --preserve-edits needs an edit folder "
+                                  "from `editdecay edit`")
+    layers = manifest["layers"]
+    if not layers:
         raise DataError(str(path), "expected a non-empty list of integer layer indices", field="layers")
-    records = []
-    for index, raw in enumerate(manifest.get("records") or []):
-        try:
-            records.append(EditRecord.from_dict(raw))
-        except TypeError as exc:
-            raise DataError(str(path), f"not an EditRecord ({exc})", index=index, field="records") from None
+    records = edit_records({"records": manifest.get("records") or []}, path)
     adapter = get_adapter(model)
     by_name = {f"{adapter.rewrite_name(i)}.weight": i for i in range(adapter.num_layers(model))}
     params = dict(model.named_parameters())
@@ -93,6 +86,6 @@ def load_edit_spec(edit_dir: str | os.PathLike, model: nn.Module) -> EditSpec:
     if templates is not None and (not isinstance(templates, list) or not templates or templates[0] != ["{}"]):
         raise DataError(str(path), "expected [[\"{}\"], [...], ...] (the bare template first)", field="context_templates")
     return EditSpec(source=str(path), method=str(manifest.get("method", "memit")), records=records,
-                    layers=sorted(set(layers)), rewritten=rewritten, rewritten_from=origin, templates=templates,
+                    layers=edited_layers(manifest), rewritten=rewritten, rewritten_from=origin, templates=templates,
                     hparams=manifest.get("hparams"),
                     base_model=manifest.get("base_model_path") or manifest.get("base_model"))
