@@ -159,3 +159,12 @@ def test_frequency_counts_and_an_unreadable_corpus_are_stored_and_quoted(tmp_pat
     assert status == "failed" and "no-such-corpus.jsonl" in note
     skipped = {f.name: f.reason for f in build_report(res).figures if not hasattr(f, "png")}
     assert skipped["survival_vs_frequency"] == note
+
+
+def test_analyze_refuses_a_missing_store(tmp_path, capsys):
+    from editdecay.cli import main
+
+    for analysis in ("layer-change", "frequency", "shift"):
+        assert main(["analyze", analysis, "--store", str(tmp_path / "none" / "r.db")]) == 1
+        assert "results store not found" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

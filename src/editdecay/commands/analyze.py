@@ -14,7 +14,6 @@ store's ``analyses`` table with the reason, and the report says so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 from collections.abc import Callable
@@ -105,11 +104,27 @@ def _shift(args: argparse.Namespace) -> int:
 
 # --- finding a run's folders ----------------------------------------------------------------------------------
 
+def _open(store_path: str | os.PathLike) -> Any:
+    """An existing results store, opened for writing (a store of an older schema gains the analysis tables)."""
+    from editdecay.errors import DataError
+    from editdecay.experiment.store import Store
+
+    if not Path(store_path).is_file():
+        raise DataError(str(store_path), "results store not found")
+    store = Store(store_path)
+    if not store.query("SELECT 1 FROM sqlite_master WHERE name = 'runs'") or not store.query("SELECT 1 FROM runs"):
+        store.close()
+        raise DataError(str(store_path), "holds no runs: not the results store of a grid")
+    return store
+
+
 def model_folder(artifact: str | None, store_path: str | os.PathLike) -> Path | None:
     """The folder a stage's recorded artifact stands for, if its weights are on disk: the artifact itself (a model,
     a deltas-only edit, an adapter-only fine-tune) or the model its stage marker names; a relative path is tried
     from the working directory and from the store's folder (runners record paths relative to where they ran)."""
     from editdecay.analyze.weights import readable
+    from editdecay.artifacts import marker_model
+    from editdecay.errors import EditDecayError
 
     if not artifact:
         return None
@@ -117,16 +132,11 @@ def model_folder(artifact: str | None, store_path: str | os.PathLike) -> Path | 
     for candidate in [path] if path.is_absolute() else [path, Path(store_path).resolve().parent / path]:
         if readable(candidate):
             return candidate
-        marker = candidate / STAGE_MARKER
-        if marker.exists():
+        if (candidate / STAGE_MARKER).exists():
             try:
-                info = json.loads(marker.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
+                target = Path(marker_model(candidate))
+            except EditDecayError:  # weights dropped, or a marker naming no model
                 continue
-            model = info.get("model")
-            if info.get("weights") == "dropped" or not isinstance(model, str):
-                continue
-            target = candidate if model == "." else Path(model)
             if readable(target):
                 return target
     return None
@@ -159,10 +169,9 @@ def layer_change_into(store_path: str | os.PathLike, every_run: bool = False) ->
     """Per-layer weight change of the chosen runs' edit and edited fine-tune stages, written into the store."""
     from editdecay.analyze.weights import edit_change, finetune_change
     from editdecay.errors import EditDecayError
-    from editdecay.experiment.store import Store
 
     lines: list[str] = []
-    with Store(store_path) as store:
+    with _open(store_path) as store:
         def folders(run: dict[str, Any]) -> tuple[dict | None, dict | None, Path | None, Path | None]:
             edit, ft = _stage(run, "edit"), _stage(run, "finetune", edited=True)
             return (edit, ft, model_folder(edit["artifact"] if edit else None, store_path),
@@ -200,10 +209,9 @@ def frequency_into(store_path: str | os.PathLike,
     """Occurrences of every stored target in each fine-tuning corpus of the store's runs, written into it."""
     from editdecay.analyze.frequency import default_corpus_loader, target_frequency
     from editdecay.errors import EditDecayError
-    from editdecay.experiment.store import Store
 
     lines: list[str] = []
-    with Store(store_path) as store:
+    with _open(store_path) as store:
         targets = sorted({r["target_new"] for r in store.query("SELECT DISTINCT target_new FROM records")
                           if r["target_new"]})
         corpora = sorted({r["ft_data"] for r in store.query("SELECT DISTINCT ft_data FROM runs") if r["ft_data"]})
@@ -224,10 +232,9 @@ def shift_into(store_path: str | os.PathLike, analyse: Callable[[str, str, str],
                every_run: bool = False) -> list[str]:
     """The activation shift of the chosen runs (base, edit and edited fine-tune folders), written into the store."""
     from editdecay.errors import EditDecayError
-    from editdecay.experiment.store import Store
 
     lines: list[str] = []
-    with Store(store_path) as store:
+    with _open(store_path) as store:
         def folders(run: dict[str, Any]) -> list[Path | None]:
             return [model_folder(st["artifact"] if st else None, store_path)
                     for st in (_stage(run, "base"), _stage(run, "edit"), _stage(run, "finetune", edited=True))]
