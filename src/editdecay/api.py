@@ -37,6 +37,10 @@ _EXPORTS = {
     "export_model": "editdecay.experiment.export",
     "load_grid": "editdecay.experiment.schema",
     "write_report": "editdecay.report.api",
+    # analyses of artifacts (`editdecay analyze` writes them into a store for the report)
+    "activation_shift": "editdecay.analyze.shift",
+    "layer_change": "editdecay.analyze.weights",
+    "target_frequency": "editdecay.analyze.frequency",
     # erase: locate, trace and remove edits
     "erase": "editdecay.erase.api",
     "inspect_edits": "editdecay.erase.api",
