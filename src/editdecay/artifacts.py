@@ -146,6 +146,15 @@ def read_marker(artifact: str | os.PathLike) -> dict[str, Any]:
     return _read_object(Path(artifact) / MARKER, "no stage marker: the stage has not finished")
 
 
+def write_marker(artifact: str | os.PathLike, marker: dict[str, Any]) -> None:
+    """Write a stage folder's ``_stage.json`` atomically: the last write of a finished stage."""
+    from editdecay.util.io import atomic_write_json
+
+    artifact = Path(artifact)
+    artifact.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(artifact / MARKER, marker)
+
+
 def marker_model(artifact: str | os.PathLike) -> str:
     """The model a (base/edit/finetune) stage folder stands for: the folder itself or the path its marker names."""
     artifact = Path(artifact)
@@ -168,8 +177,6 @@ def weights_dropped(artifact: str | os.PathLike) -> bool:
 def drop_weights(artifact: str | os.PathLike) -> int:
     """Delete a fine-tune folder's model files (manifest, log and trajectory stay), say so in the marker; bytes
     freed."""
-    from editdecay.util.io import atomic_write_json
-
     artifact = Path(artifact)
     freed = 0
     for name in (MODEL_CONFIG, "generation_config.json", "model.safetensors.index.json"):
@@ -179,7 +186,7 @@ def drop_weights(artifact: str | os.PathLike) -> int:
     for path in artifact.glob("model*.safetensors"):
         freed += path.stat().st_size
         path.unlink()
-    atomic_write_json(artifact / MARKER, {**read_marker(artifact), "weights": "dropped"})
+    write_marker(artifact, {**read_marker(artifact), "weights": "dropped"})
     return freed
 
 

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from editdecay.artifacts import EVALUATION, MARKER, read_trajectory
+from editdecay.artifacts import EVALUATION, MARKER, read_trajectory, write_marker
 from editdecay.errors import ConfigError, DataError
 from editdecay.experiment.plan import StageSpec
 from editdecay.experiment.stages import (
@@ -31,7 +31,7 @@ from editdecay.experiment.stages import (
     run_targets,
 )
 from editdecay.util.env import library_versions
-from editdecay.util.io import atomic_write_json, read_json
+from editdecay.util.io import read_json
 
 STAGE_FUNCTIONS: dict[str, StageFn] = {
     "base": run_base,
@@ -94,10 +94,9 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
         info = fn(spec, {role: Path(p) for role, p in inputs.items()}, out, StageContext(Path(workdir), progress))
         seconds = time.perf_counter() - start
         versions = library_versions()
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / MARKER, {"stage_id": spec.stage_id, "kind": spec.kind, "config": spec.config,
-                                         "deps": spec.deps, "seconds": seconds, "finished_at": time.time(),
-                                         "versions": versions, "pid": os.getpid(), **(info or {})})
+        write_marker(out, {"stage_id": spec.stage_id, "kind": spec.kind, "config": spec.config, "deps": spec.deps,
+                           "seconds": seconds, "finished_at": time.time(), "versions": versions, "pid": os.getpid(),
+                           **(info or {})})
         return {"stage_id": spec.stage_id, "status": "done", "seconds": seconds, "versions": versions}
     except Exception as exc:  # a stage's failure is data: recorded with its error, the grid goes on
         tb = traceback.format_exc(limit=8)

@@ -40,6 +40,10 @@ from typing import Any
 from editdecay.edit.registry import method_names
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.facts import key_error, model_facts
+from editdecay.experiment.store import (  # the four groups and the stage kinds: defined once
+    GROUPS,
+    STAGE_KINDS,
+)
 from editdecay.util.io import stable_hash
 
 METHODS = method_names()  # the method registry (editdecay.edit.registry)
@@ -52,13 +56,12 @@ PRESERVE = ("none", "freeze", "nullspace", "replay", "reedit")  # editdecay.pres
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
                         "model_info", "stats", "keep", "slices", "groups", "dtype", "device"}
 KEEP_KINDS = ("edit", "finetune")
-GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_GROUPS = ("M_ed", "M_ed_ft")  # decay is M_ed -> M_ed_ft: every run measures these
 EVALUATE_KEYS = {"downstream": None, "limit": 20, "seed": 0, "mode": "loglik", "batch_size": 32, "fluency": False}
 # what an edit may depend on. Not the seed: the study edits once and varies only the fine-tuning seed, so every
 # seed of a run fine-tunes the same edited model (the context templates use plan.EDIT_SEED)
 EDIT_AXES = ("model", "method", "edit_data", "n_edits")
-RESOURCE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
+RESOURCE_KINDS = STAGE_KINDS  # every stage kind may declare resources
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
 FT_AXIS_KEYS = {"type": "ft_types", "layers": "layers", "modules": "modules", "data": "ft_data", "seed": "seeds"}
