@@ -141,7 +141,9 @@ def test_plan_command_prints_memory_and_disk(capsys):
     assert any(line.startswith("targets") for line in out.splitlines())
 
 
-def test_paper_grid_plans_with_estimates(capsys):
+def test_paper_grid_plans_with_estimates(capsys, tmp_path):
+    import yaml
+
     from editdecay.cli import main
 
     rc = main(["plan", str(ROOT / "configs" / "paper.yaml"), "--runs", "1", "--no-machine-check"])
@@ -150,5 +152,12 @@ def test_paper_grid_plans_with_estimates(capsys):
             ("stats", "targets", "edit", "finetune", "evaluate")}
     assert set(rows) == {"stats", "targets", "edit", "finetune", "evaluate"}
     assert all(" GB" in row for row in rows.values())  # 7-8B models: gigabytes everywhere
-    # the declared 64 GB cannot hold a float32 full fine-tune of an 8B model (weights + grads + AdamW alone)
+    assert rc == 0  # the declared resources hold every stage
+    # 64 GB cannot hold a float32 full fine-tune of an 8B model (weights + grads + AdamW alone)
+    raw = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())
+    raw["resources"]["finetune"]["memory_gb"] = 64
+    short = tmp_path / "paper-64.yaml"
+    short.write_text(yaml.safe_dump(raw))
+    rc = main(["plan", str(short), "--runs", "1", "--no-machine-check"])
+    out = capsys.readouterr().out
     assert rc == 1 and "finetune" in out.split("problem(s)")[1]

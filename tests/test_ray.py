@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 
 from editdecay.errors import ConfigError
 from editdecay.experiment.grid import expand, load_grid
@@ -65,7 +66,8 @@ def test_ray_task_options_carry_resources():
     plan = expand(load_grid(ROOT / "configs" / "paper.yaml"))
     spec = next(s for s in plan.stages.values() if s.kind == "finetune")
     opts = RayBackend.options(None, spec)  # type: ignore[arg-type]  # options() reads only the spec
-    assert opts["num_gpus"] == 1.0 and opts["num_cpus"] == 4.0 and opts["memory"] == 64 * 2**30
+    declared = yaml.safe_load((ROOT / "configs" / "paper.yaml").read_text())["resources"]["finetune"]
+    assert opts["num_gpus"] == 1.0 and opts["num_cpus"] == 4.0 and opts["memory"] == declared["memory_gb"] * 2**30
 
 
 def test_ray_backend_refuses_unimportable_stage_functions(ray_cluster, tmp_path):
