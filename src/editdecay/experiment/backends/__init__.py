@@ -2,6 +2,7 @@
 
 Each backend depends on :mod:`editdecay.experiment.execute` (it runs :func:`execute_stage`), never on the
 runner; the runner picks one with :func:`make_backend` and drives it through the :class:`Backend` protocol.
+It may import experiment.plan, experiment.stages and experiment.execute (and ray, only when asked for).
 """
 
 from __future__ import annotations
