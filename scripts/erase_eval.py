@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from editdecay.stats import SUCCESS_THRESHOLD
+
 ROOT = Path(__file__).resolve().parent.parent
 EDITS = Path(os.environ.get("EDITDECAY_SHARED_EDITS", "/work/shared-edits"))
 RESULTS = Path(os.environ.get("EDITDECAY_ERASE_RESULTS", ROOT / "benchmarks" / "results" / "erase"))
@@ -69,12 +71,13 @@ def _downstream(model, tok, limit: int) -> float:
 def _reversal(es_base: list[float], es_edited: list[float], es_after: list[float]) -> dict:
     """Reversal rate: of the edits that the edit made hold (ES ≤ 0.5 before editing, > 0.5 after), the fraction
     that no longer hold (ES ≤ 0.5); also the same over every record that held in the edited model."""
-    made = [i for i in range(len(es_edited)) if es_edited[i] > 0.5 and es_base[i] <= 0.5]
-    held = [i for i, e in enumerate(es_edited) if e > 0.5]
-    return {"made_hold": len(made), "reversed": sum(es_after[i] <= 0.5 for i in made),
-            "reversal_rate": sum(es_after[i] <= 0.5 for i in made) / len(made) if made else None,
-            "held": len(held), "erased": sum(es_after[i] <= 0.5 for i in held),
-            "still_holding": sum(e > 0.5 for e in es_after), "es_mean": sum(es_after) / len(es_after)}
+    T = SUCCESS_THRESHOLD  # one success threshold for every count (editdecay.stats)
+    made = [i for i in range(len(es_edited)) if es_edited[i] > T and es_base[i] <= T]
+    held = [i for i, e in enumerate(es_edited) if e > T]
+    return {"made_hold": len(made), "reversed": sum(es_after[i] <= T for i in made),
+            "reversal_rate": sum(es_after[i] <= T for i in made) / len(made) if made else None,
+            "held": len(held), "erased": sum(es_after[i] <= T for i in held),
+            "still_holding": sum(e > T for e in es_after), "es_mean": sum(es_after) / len(es_after)}
 
 
 def _layer_accuracy(located: list[int], truth: list[int], n_layers: int) -> dict:

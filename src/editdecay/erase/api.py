@@ -104,9 +104,11 @@ def _holding(model: nn.Module, tok: Any, records: list) -> list[dict[str, Any]]:
 
 
 def _counts(before: list[dict], after: list[dict]) -> dict[str, Any]:
-    """ES per record ≤ 0.5 -> erased. Counts over all records and over those that held before."""
-    held = [b["efficacy"] > 0.5 for b in before]
-    now = [a["efficacy"] > 0.5 for a in after]
+    """ES per record ≤ the success threshold (0.5) -> erased. Counts over all records and over those that held."""
+    from editdecay.stats import SUCCESS_THRESHOLD
+
+    held = [b["efficacy"] > SUCCESS_THRESHOLD for b in before]
+    now = [a["efficacy"] > SUCCESS_THRESHOLD for a in after]
     return {
         "n_records": len(after),
         "held_before": int(sum(held)),
