@@ -156,6 +156,9 @@ def finetune(
         raise ConfigError("--preserve-edits given without a strategy: add --strategy freeze|nullspace|replay|reedit")
     preserve = Preserve.build(cfg, preserve_edits if preserve_edits is not None else
                               (Path(edit_manifest_path).parent if edit_manifest_path else None), model)
+    if preserve is not None and preserve.strategy == "reedit" and adapter_only and cfg.type != "full":
+        raise ConfigError("preserve_strategy='reedit' writes into the merged weights; an adapter-only output "
+                          "cannot hold it: write the merged model (adapter_only=False)")
     if preserve is not None and preserve.frozen_modules():
         selection = sel.without_modules(selection, preserve.frozen_modules(), "preserve_strategy='freeze'")
     peft_config = sel.lora_config(model, selection, cfg) if cfg.type != "full" else None
