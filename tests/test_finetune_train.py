@@ -262,11 +262,14 @@ def test_tracked_run_resumes_with_the_same_trajectory(make_tiny, tmp_path, short
 
 
 def test_run_where_every_response_is_cut_off_is_an_error(make_tiny, tmp_path):
-    """max_length inside every prompt means no token carries a loss: an error, not a silent no-op."""
+    """With the loss on the response only, max_length inside every prompt means no token carries a loss: an
+    error, not a silent no-op. (With the study's loss on the whole example the prompt tokens still train.)"""
     path = tmp_path / "long.jsonl"
     path.write_text(json.dumps({"prompt": "word " * 80, "response": "answer"}) + "\n")
     model, tok = make_tiny("llama")
-    cfg = {**BASE, "data": str(path), "type": "lora", "max_length": 16, "max_steps": 2}
+    cfg = {**BASE, "data": str(path), "type": "lora", "max_length": 16, "max_steps": 2, "train_on_inputs": False}
     with pytest.raises(ConfigError, match="trained on nothing"):
         finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False)
     assert not (tmp_path / "out").exists()
+    manifest = finetune(model, {**cfg, "train_on_inputs": True}, tmp_path / "whole", tokenizer=tok, progress=False)
+    assert manifest["loss_tokens"] == 2 * 15  # 2 steps x the one example x (16 tokens - the first)
