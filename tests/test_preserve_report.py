@@ -73,6 +73,17 @@ def test_preserve_table_from_a_store(tmp_path):
     assert "preserve" in [t.name for t in all_tables(res)]
 
 
+def test_strategies_are_configurations_not_seeds_in_every_table(tmp_path):
+    """Runs that differ only by strategy are three configurations (one seed each), never pooled as seeds."""
+    res = load_results(_store(tmp_path / "s.db"))
+    assert sorted(r.preserve for r in res.runs) == sorted(PLANTED)
+    (metrics,) = [t for t in all_tables(res) if t.name == "edit_metrics"]
+    assert sorted(r["preserve"] for r in metrics.rows) == sorted(PLANTED)
+    assert all(r["seeds"] == 1 for r in metrics.rows)
+    by = {r["preserve"]: r["efficacy_M_ed_ft"] for r in metrics.rows}
+    assert by == {s: pytest.approx(kept / 10) for s, (kept, _) in PLANTED.items()}
+
+
 def test_no_preserve_runs_no_table(tmp_path):
     res = load_results(_store(tmp_path / "s.db", {"none": (4, 0.6)}))
     assert preserve_table(res).rows == [] and "preserve" not in [t.name for t in all_tables(res)]

@@ -9,6 +9,7 @@ has no such analysis.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -23,7 +24,14 @@ from editdecay.errors import DataError
 GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
 RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
-RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data")
+def _preserve(row: Any, keys: Any, path: Any) -> str:
+    """A run's preserve strategy from its config_json (the grid axis), "none" where the store predates it."""
+    if "config_json" not in keys or not row["config_json"]:
+        return "none"
+    return str(_json(row["config_json"], f"runs row '{row['run_id']}'", path).get("preserve") or "none")
+
+
+RUN_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "layers", "modules", "ft_data", "preserve")
 SHIFT_COLUMNS = ("edit_shift", "ft_shift", "cos", "angle_deg", "base_norm")
 
 
@@ -42,6 +50,7 @@ class Run:
     ft_data: str
     seed: int
     status: str
+    preserve: str = "none"  # the edit-preserving strategy of M_ed_ft's fine-tune (a grid axis; "none" before it)
 
     def key(self, drop: tuple[str, ...] = ()) -> tuple:
         """The configuration without the seed (and without the factors in ``drop``): what seeds are pooled over."""
@@ -236,7 +245,7 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
             run_id=str(row["run_id"]), model=str(row["model"]), method=str(row["method"]).lower(),
             edit_data=str(row["edit_data"] or ""), n_edits=n_edits, ft_type=str(row["ft_type"]).lower(),
             layers=normalise_layers(row["layers"]), modules=str(row["modules"] or "attn,mlp"),
-            ft_data=str(row["ft_data"] or ""), seed=seed, status=status,
+            ft_data=str(row["ft_data"] or ""), seed=seed, status=status, preserve=_preserve(row, keys, path),
         ))
     if unfinished:
         notes.append(f"{unfinished} of {len(runs)} run(s) are not finished: only their completed evaluations "
@@ -285,12 +294,26 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
         for r in conn.execute("SELECT case_id, edit_data, subject, target_new, target_true, prompt FROM records"):
             records[str(r[0])] = RecordInfo(str(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3] or ""),
                                             str(r[4] or ""), str(r[5] or ""))
-    runs = [run for run in runs if groups.get(run.run_id)]
+    runs = [_with_stage_preserve(run, run_stages, stages) for run in runs if groups.get(run.run_id)]
     res = Results(str(path), runs, stages, dict(groups), dict(metrics),
                   {k: dict(v) for k, v in record_metrics.items()}, dict(downstream), trajectories,
                   dict(run_stages), records, notes)
     _load_analyses(conn, tables, path, res)
     return res
+
+
+def _with_stage_preserve(run: Run, run_stages: dict[str, list[tuple[str, str]]], stages: dict[str, Stage]) -> Run:
+    """Where the runs row does not name a strategy, the edited fine-tune's stage config does (older stores)."""
+    if run.preserve != "none":
+        return run
+    for stage_id, role in run_stages.get(run.run_id, []):
+        stage = stages.get(stage_id)
+        if role == "finetune_edit" and stage is not None:
+            cfg = stage.config.get("finetune", stage.config)
+            strategy = cfg.get("preserve_strategy") if isinstance(cfg, dict) else None
+            if strategy and strategy != "none":
+                return dataclasses.replace(run, preserve=str(strategy))
+    return run
 
 
 def _load_analyses(conn: sqlite3.Connection, tables: set[str], path: Path, res: Results) -> None:

@@ -22,7 +22,8 @@ EDIT_METRICS = ("efficacy", "paraphrase", "neighborhood")
 SHORT = {"efficacy": "ES", "paraphrase": "PS", "neighborhood": "NS"}
 DECAY_METRICS = ("efficacy", "paraphrase")  # the study's EFR metrics (NS is not an edit that can flip)
 KEY_LABELS = {"model": "model", "method": "method", "edit_data": "data", "n_edits": "#edits",
-              "ft_type": "ft type", "layers": "layers", "modules": "modules", "ft_data": "ft data"}
+              "ft_type": "ft type", "layers": "layers", "modules": "modules", "ft_data": "ft data",
+              "preserve": "preserve"}
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def efr_table(res: Results, seed: int = 0) -> Table:
     return table
 
 
-SELECTIVE_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "modules", "ft_data")
+SELECTIVE_KEY = ("model", "method", "edit_data", "n_edits", "ft_type", "modules", "ft_data", "preserve")
 LAYER_CONDITIONS = (("all", "fine-tuned, all layers"), ("edited", "fine-tuned, edited layers only"),
                     ("non-edited", "fine-tuned, non-edited layers only"))
 
@@ -375,7 +376,8 @@ def preserve_of(res: Results, run: Run) -> str:
 
 def preserve_table(res: Results, seed: int = 0) -> Table:
     """Each preserve strategy against plain fine-tuning (``none``) of the same configuration."""
-    cols = _key_columns(RUN_KEY) + [Column("preserve", "strategy"), Column("seeds", "seeds", "int"),
+    key_names = tuple(k for k in RUN_KEY if k != "preserve")  # strategies are compared within one configuration
+    cols = _key_columns(key_names) + [Column("preserve", "strategy"), Column("seeds", "seeds", "int"),
                                     Column("n_ok", "ES ok before", "int"), Column("es_before", "ES M_ed", "pct"),
                                     Column("es_after", "ES M_ed_ft", "pct"), Column("efr", "EFR ES", "pct"),
                                     Column("survival", "ES survival", "pct"), Column("survival_lo", "95% CI lo", "pct"),
@@ -388,7 +390,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
                   "score and its difference from plain fine-tuning in points; mean over seeds.", cols)
     grouped: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
-        grouped[run.key()][preserve_of(res, run)].append(run)
+        grouped[run.key(drop=("preserve",))][preserve_of(res, run)].append(run)
     if all(set(by) <= {"none"} for by in grouped.values()):
         return table
     order = {"none": 0, "freeze": 1, "nullspace": 2, "replay": 3, "reedit": 4}
@@ -400,7 +402,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
             decays = [d for r in runs if (d := run_decay(res, r, "efficacy")) is not None]
             indicators = [s for d in decays for s in d.survived]
             down = _mean(res.downstream_mean(r, "M_ed_ft") for r in runs)
-            row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), preserve=strategy, seeds=len(runs))
+            row: dict[str, Any] = dict(zip(key_names, key, strict=True), preserve=strategy, seeds=len(runs))
             row["n_ok"] = sum(d.n_success_before for d in decays) if decays else None
             row["es_before"] = _mean(res.summary(r, "M_ed", "efficacy") for r in runs)
             row["es_after"] = _mean(res.summary(r, "M_ed_ft", "efficacy") for r in runs)
