@@ -11,7 +11,8 @@ Four strategies, each a small piece the fine-tuning stage wires in (``FinetuneCo
   target values z (re-optimised only for edits whose efficacy fell), with its cost measured.
 
 Where it sits: between ``edit``/``evaluate`` and ``finetune``. It may import ``models``, ``data``, ``edit``,
-``evaluate`` and ``util``; ``finetune`` imports it, and it never imports ``finetune`` (a strategy gets the
+``evaluate``, :mod:`editdecay.artifacts` (the edit manifest), :mod:`editdecay.stats` (the success threshold) and
+``util``; ``finetune`` imports it, and it never imports ``finetune`` (a strategy gets the
 model, tokenizer and edit folder it works on as arguments), so no two modules import each other.
 This module itself imports nothing heavy: the config layer reads :data:`STRATEGIES` from it.
 """

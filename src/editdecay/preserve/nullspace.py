@@ -15,9 +15,10 @@ Q an orthonormal basis of span(K_edit) (from an SVD, = the range of K(KᵀK)⁺K
   tied to that norm after each step: there DoRA's merged update equals LoRA's, which is what the constraint
   leaves. Other projections keep ordinary DoRA.
 
-The keys are the edit's own (``editdecay.edit.core``, the manifest's records and context templates), computed
-on the model as fine-tuning starts: ``mean`` = the template-averaged keys the edit was solved for, ``prompts`` =
-every (request × template) key, a larger subspace that also pins the keys of the individual prompts.
+The keys are the edit's own (the editor's :func:`editdecay.edit.keys.subject_pass` over the manifest's records
+and context templates), computed on the model as fine-tuning starts: ``mean`` = the template-averaged keys the
+edit was solved for, ``prompts`` = every (request × template) key, a larger subspace that also pins the keys of
+the individual prompts.
 """
 
 from __future__ import annotations

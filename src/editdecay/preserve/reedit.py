@@ -2,7 +2,8 @@
 
 An edit is (keys, target outputs z at the last edited layer L): MEMIT/AlphaEdit spread z − h(L) over the edited
 layers. Fine-tuning moves both the keys and h(L); re-solving with the *same* z on the fine-tuned weights
-(``editdecay.edit.core.apply_update``, the editor's own spreading and update rule) restores the edited state
+(:func:`editdecay.edit.spread.apply_update` with the method's update rule from :mod:`editdecay.edit.registry`:
+the editor's own spreading and solve) restores the edited state
 wherever z is still a valid target, i.e. the layers above L still turn z into the new object. For edits that
 still fail afterwards although they held when fine-tuning started, z is re-optimised on the current model
 (``compute_targets``) and those edits are solved once more — the expensive path, taken only where needed.
@@ -31,8 +32,7 @@ from torch import nn
 from editdecay.errors import ConfigError
 from editdecay.models.arch import get_adapter
 from editdecay.preserve.spec import EditSpec
-
-SUCCESS = 0.5  # a record's efficacy above this counts as a held edit (as evaluate.decay's threshold)
+from editdecay.stats import SUCCESS_THRESHOLD
 
 
 @dataclass
@@ -41,9 +41,10 @@ class ReeditPlan:
 
     z: torch.Tensor  # [n, d] target output of layer L at the bare prompts' subject token
     z_source: str
-    cov: dict[int, torch.Tensor]
+    cov: dict[int, torch.Tensor]  # the base model's second moments C per edited layer (the edit's own)
     efficacy_before: list[float]
     seconds: dict[str, float] = field(default_factory=dict)
+    stats_id: str = ""  # names C (as StatsResult.stats_id); with ``cov``, what a method's build_rule reads
 
 
 def _hparams(spec: EditSpec) -> Any:
@@ -106,19 +107,21 @@ def prepare(model: nn.Module, tok: Any, spec: EditSpec, z_source: str = "base", 
     t = time.perf_counter()
     before = _efficacy(model, tok, spec)
     seconds["evaluate_before"] = time.perf_counter() - t
-    return ReeditPlan(z.float().cpu(), z_source, {k: v.cpu() for k, v in stats.cov.items()}, before, seconds)
+    return ReeditPlan(z.float().cpu(), z_source, {k: v.cpu() for k, v in stats.cov.items()}, before, seconds,
+                      stats_id=stats.stats_id)
 
 
-def _rule(spec: EditSpec, hp: Any, cov: dict[int, torch.Tensor]) -> Any:
-    if spec.method == "alphaedit":
-        from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState
+def _rule(spec: EditSpec, hp: Any, plan: ReeditPlan) -> Any:
+    """The edit's method's update rule over the base model's C, built by the method registry (a fresh state for a
+    stateful method: re-editing solves the edit once, not as the next batch of a sequence)."""
+    from editdecay.edit.registry import get_method
 
-        return AlphaEditRule(AlphaEditState.from_stats(cov, hp.nullspace_threshold), hp.L2)
-    if spec.method == "memit":
-        from editdecay.edit.memit import MemitRule
-
-        return MemitRule(cov, hp.mom2_update_weight, hp.max_condition)
-    raise ConfigError(f"{spec.source}: re-editing needs a MEMIT or AlphaEdit edit, the manifest says {spec.method!r}")
+    try:
+        method = get_method(spec.method)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.source}: re-editing needs a registered editing method: {exc}") from None
+    rule, _state = method.build_rule(hp, plan)  # the plan holds what build_rule reads of the statistics: cov, stats_id
+    return rule
 
 
 def apply(model: nn.Module, tok: Any, spec: EditSpec, plan: ReeditPlan, *, reoptimise: bool = True,
@@ -131,7 +134,7 @@ def apply(model: nn.Module, tok: Any, spec: EditSpec, plan: ReeditPlan, *, reopt
     adapter = get_adapter(model)
     templates = spec.need("context_templates", spec.templates)
     requests = spec.requests()
-    rule = _rule(spec, hp, plan.cov)
+    rule = _rule(spec, hp, plan)
     seconds = dict(plan.seconds)  # the strategy's cost
     diagnostic: dict[str, float] = {}  # evaluations only the report needs
     was_training = model.training
@@ -149,7 +152,7 @@ def apply(model: nn.Module, tok: Any, spec: EditSpec, plan: ReeditPlan, *, reopt
         after_solve = _efficacy(model, tok, spec)
         seconds["evaluate_after_solve"] = time.perf_counter() - t
         need = [i for i, (b, a) in enumerate(zip(plan.efficacy_before, after_solve, strict=True))
-                if b > SUCCESS and a <= SUCCESS]
+                if b > SUCCESS_THRESHOLD and a <= SUCCESS_THRESHOLD]
         final = after_solve
         if reoptimise and need:
             t = time.perf_counter()
@@ -166,7 +169,7 @@ def apply(model: nn.Module, tok: Any, spec: EditSpec, plan: ReeditPlan, *, reopt
         model.train(was_training)
 
     def held(values: list[float]) -> int:
-        return sum(v > SUCCESS for v in values)
+        return sum(v > SUCCESS_THRESHOLD for v in values)
 
     report = {"z_source": plan.z_source, "n_records": len(requests), "held_before_ft": held(plan.efficacy_before),
               "held_after_ft": held(after_ft), "held_after_solve": held(after_solve),
