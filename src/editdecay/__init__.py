@@ -1,9 +1,10 @@
 """editdecay: do knowledge edits survive fine-tuning?
 
 The pipeline flows one way: models -> data -> edit -> finetune -> evaluate -> experiment -> report, with
-``commands``/``cli`` and ``api`` on top and ``util``/``errors`` below everything. A package may import only
-the packages before it in that order (and ``util``/``errors``), never one after it; each package's own
-docstring says what it may import and names any exception still to be removed.
+``commands``/``cli`` and ``api`` on top and ``util``/``errors`` (and ``groups``, the four model groups named
+once) below everything. A package may import only the packages before it in that order (and those below
+everything), never one after it; each package's own docstring says what it may import and names any exception
+still to be removed.
 Import the user-facing functions from :mod:`editdecay.api`.
 """
 

@@ -1,12 +1,13 @@
 """Experiments: grid configs -> content-addressed stage graphs -> a resumable SQLite results store.
 
 One way down: each module imports only modules before it in this list: ``store`` (the SQLite results store;
-the group names and stage kinds) ; ``facts`` (model facts from config.json) -> ``schema`` (YAML -> a validated
+the stage kinds) ; ``facts`` (model facts from config.json) -> ``schema`` (YAML -> a validated
 Grid, the settings of each run) -> ``plan`` (runs -> StageSpec graph, Plan) -> ``cost`` (time, memory and disk
 estimates) ; ``stages`` (what each stage kind computes) -> ``execute`` (run one stage, the stage-function table) -> ``backends/`` (``local``,
 ``ray``: where stages run) -> ``runner`` (run_grid: the driver loop) ; ``export`` (a stage as a model folder);
 ``grid`` re-exports load_grid/parse_grid/expand for users.
 
 May import: every pipeline stage below it (models, data, edit, finetune, evaluate), :mod:`editdecay.artifacts`,
-:mod:`editdecay.util` and :mod:`editdecay.errors`; never report, commands or api.
+:mod:`editdecay.groups` (the four groups, shared with the report), :mod:`editdecay.util` and
+:mod:`editdecay.errors`; never report, commands or api.
 """

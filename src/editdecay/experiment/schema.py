@@ -40,10 +40,8 @@ from typing import Any
 from editdecay.edit.registry import method_names
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.facts import key_error, model_facts
-from editdecay.experiment.store import (  # the four groups and the stage kinds: defined once
-    GROUPS,
-    STAGE_KINDS,
-)
+from editdecay.experiment.store import STAGE_KINDS  # the stage kinds: defined once
+from editdecay.groups import GROUPS  # the four groups: defined once
 from editdecay.util.io import stable_hash
 
 METHODS = method_names()  # the method registry (editdecay.edit.registry)

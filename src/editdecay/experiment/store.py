@@ -24,7 +24,6 @@ from editdecay.errors import EditDecayError
 SCHEMA_VERSION = 2  # 2: the analysis tables (layer_change, target_frequency, activation_shift, analyses)
 STAGE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 STAGE_STATUSES = ("pending", "running", "done", "failed")
-GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);

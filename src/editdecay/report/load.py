@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from editdecay.errors import DataError
+from editdecay.groups import GROUPS
 
-GROUPS = ("M", "M_ft", "M_ed", "M_ed_ft")
 REQUIRED_TABLES = ("runs", "stages", "run_groups", "metrics", "record_metrics", "downstream")
 RECORD_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_magnitude")
 def _preserve(row: Any, keys: Any, path: Any) -> str:
