@@ -436,13 +436,19 @@ def _matches(when: dict[str, Any], values: dict[str, Any]) -> bool:
     return all(stable_hash(values.get(k)) == stable_hash(v) for k, v in when.items())
 
 
+def _section_settings(grid: Grid, values: dict[str, Any], section: str) -> dict[str, Any]:
+    """A run's settings of one grid section (``edit`` or ``finetune``): the grid's section, then the section of
+    every override whose ``when`` matches the run, in file order."""
+    out = dict(getattr(grid, section))
+    for ov in grid.overrides:
+        if ov[section] and _matches(ov["when"], values):
+            out.update(ov[section])
+    return out
+
+
 def edit_settings(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
     """Edit hyperparameters of a run: grid ``edit`` then every matching override, in file order."""
-    out = dict(grid.edit)
-    for ov in grid.overrides:
-        if ov["edit"] and _matches(ov["when"], values):
-            out.update(ov["edit"])
-    return out
+    return _section_settings(grid, values, "edit")
 
 
 def resolved_edit_hparams(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
@@ -465,8 +471,4 @@ def resolved_edit_hparams(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
 
 def finetune_settings(grid: Grid, values: dict[str, Any]) -> dict[str, Any]:
     """FinetuneConfig settings of a run (without the axes): grid ``finetune`` then matching overrides."""
-    out = dict(grid.finetune)
-    for ov in grid.overrides:
-        if ov["finetune"] and _matches(ov["when"], values):
-            out.update(ov["finetune"])
-    return out
+    return _section_settings(grid, values, "finetune")
