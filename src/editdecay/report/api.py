@@ -45,8 +45,7 @@ def build_report(results: str | os.PathLike | Results, with_figures: bool = True
     if not res.runs:
         notes.append("The store holds no run with a finished evaluation yet.")
     notes.append(f"Significance level {alpha}; across-run tests need at least {min_pairs} paired runs, otherwise "
-                 f"per-edit McNemar tests are used. An edit succeeds when its per-record value > "
-                 f"{tables.stats.SUCCESS_THRESHOLD}.")
+                 f"per-edit McNemar tests are used. An edit succeeds when its per-record {tables.SUCCESS_RULE}.")
     return render.Report("Do edits survive fine-tuning? — editdecay report", res.path, _overview(res), findings,
                          all_tables, figures, notes)
 

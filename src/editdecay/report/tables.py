@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ DECAY_METRICS = ("efficacy", "paraphrase")  # the study's EFR metrics (NS is not
 KEY_LABELS = {"model": "model", "method": "method", "edit_data": "data", "n_edits": "#edits",
               "ft_type": "ft type", "layers": "layers", "modules": "modules", "ft_data": "ft data",
               "preserve": "preserve"}
+SUCCESS_RULE = f"value > {stats.SUCCESS_THRESHOLD}"  # when a record's edit succeeds, as every caption says it
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,19 @@ def group_runs(runs: Iterable[Run], keys: tuple[str, ...] = RUN_KEY) -> dict[tup
     return {k: sorted(out[k], key=lambda r: r.seed) for k in sorted(out, key=lambda t: tuple(str(x) for x in t))}
 
 
+def _configuration_columns(*extra: Column) -> list[Column]:
+    """The leading columns of a table with one row per configuration: its key, the number of seeds, ``extra``."""
+    return _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int"), *extra]
+
+
+def _configurations(res: Results) -> Iterator[tuple[dict[str, Any], list[Run]]]:
+    """Each configuration as (its key values, the start of its row; its runs, one per seed), in sorted key order."""
+    for key, runs in group_runs(res.runs).items():
+        yield dict(zip(RUN_KEY, key, strict=True)), runs
+
+
 def edit_metrics_table(res: Results) -> Table:
-    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int")]
+    cols = _configuration_columns()
     for metric in EDIT_METRICS:
         cols += [Column(f"{metric}_M_ed", f"{SHORT[metric]} M_ed", "pct"),
                  Column(f"{metric}_M_ed_ft", f"{SHORT[metric]} M_ed_ft", "pct")]
@@ -101,8 +113,7 @@ def edit_metrics_table(res: Results) -> Table:
                   "Efficacy (ES), paraphrase (PS) and neighbourhood (NS) success of the edited model (M_ed) and of "
                   "the edited-then-fine-tuned model (M_ed_ft), and MEMIT's composite Score (their harmonic mean, "
                   "per run), mean over seeds, in %.", cols)
-    for key, runs in group_runs(res.runs).items():
-        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True))
+    for row, runs in _configurations(res):
         row["seeds"] = len(runs)
         for metric in EDIT_METRICS:
             for grp in ("M_ed", "M_ed_ft"):
@@ -116,14 +127,13 @@ def edit_metrics_table(res: Results) -> Table:
 
 def categories_table(res: Results) -> Table:
     """The study's edit categories per configuration: stable, erased, emergent, impossible (on efficacy)."""
-    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int"), Column("n", "edits", "int")]
+    cols = _configuration_columns(Column("n", "edits", "int"))
     cols += [Column(c, c, "pct") for c in stats.CATEGORIES]
     table = Table("categories", "Edit categories",
-                  "Per record, matched by case_id, efficacy success (value > "
-                  f"{stats.SUCCESS_THRESHOLD}) of M_ed and M_ed_ft: stable (holds before and after), erased (held, "
-                  "then not), emergent (did not hold, then did), impossible (held neither time); share of the "
-                  "edits, mean over seeds, in %.", cols)
-    for key, runs in group_runs(res.runs).items():
+                  f"Per record, matched by case_id, efficacy success ({SUCCESS_RULE}) of M_ed and M_ed_ft: stable "
+                  "(holds before and after), erased (held, then not), emergent (did not hold, then did), impossible "
+                  "(held neither time); share of the edits, mean over seeds, in %.", cols)
+    for row, runs in _configurations(res):
         shares: dict[str, list[float]] = defaultdict(list)
         sizes = []
         for run in runs:
@@ -138,7 +148,7 @@ def categories_table(res: Results) -> Table:
                 shares[c].append(cats.count(c) / len(cats))
         if not sizes:
             continue
-        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), seeds=len(sizes), n=round(_mean(sizes)))
+        row.update(seeds=len(sizes), n=round(_mean(sizes)))
         row.update({c: _mean(shares[c]) for c in stats.CATEGORIES})
         table.rows.append(row)
     return table
@@ -212,19 +222,18 @@ def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
 
 def efr_table(res: Results, seed: int = 0) -> Table:
     """Edit Flip Ratio and emergent edits per configuration, with a bootstrap CI of the ES survival rate."""
-    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int"), Column("n_ok", "ES ok before", "int")]
+    cols = _configuration_columns(Column("n_ok", "ES ok before", "int"))
     for metric in DECAY_METRICS:
         cols += [Column(f"efr_{metric}", f"EFR {SHORT[metric]}", "pct"),
                  Column(f"emergent_{metric}", f"emergent {SHORT[metric]}", "pct")]
     cols += [Column("survival", "ES survival", "pct"), Column("survival_lo", "95% CI lo", "pct"),
              Column("survival_hi", "95% CI hi", "pct")]
     table = Table("efr", "Edit Flip Ratio and emergent edits",
-                  "Per record, matched by case_id between M_ed and M_ed_ft; a record succeeds when its value > "
-                  f"{stats.SUCCESS_THRESHOLD}. EFR: of the edits that succeeded before, the share failing after; "
-                  "emergent: of those that failed before, the share succeeding after (mean over seeds). Survival CI: "
-                  "seeded percentile bootstrap over the pooled per-edit survival indicators.", cols)
-    for key, runs in group_runs(res.runs).items():
-        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True))
+                  "Per record, matched by case_id between M_ed and M_ed_ft; a record succeeds when its "
+                  f"{SUCCESS_RULE}. EFR: of the edits that succeeded before, the share failing after; emergent: of "
+                  "those that failed before, the share succeeding after (mean over seeds). Survival CI: seeded "
+                  "percentile bootstrap over the pooled per-edit survival indicators.", cols)
+    for row, runs in _configurations(res):
         row["seeds"] = len(runs)
         decays = {m: [d for r in runs if (d := run_decay(res, r, m)) is not None] for m in DECAY_METRICS}
         if not decays["efficacy"]:
@@ -281,13 +290,12 @@ def selective_layer_table(res: Results) -> Table:
 
 
 def downstream_table(res: Results) -> Table:
-    cols = _key_columns(RUN_KEY) + [Column("seeds", "seeds", "int")] + [
-        Column(f"ds_{g}", f"downstream {g}", "pct") for g in ("M", "M_ft", "M_ed", "M_ed_ft")]
+    cols = _configuration_columns(*[Column(f"ds_{g}", f"downstream {g}", "pct") for g in ("M", "M_ft", "M_ed", "M_ed_ft")])
     table = Table("downstream", "Downstream score of the four model groups",
                   "Mean accuracy over the downstream tasks of the base (M), fine-tuned (M_ft), edited (M_ed) and "
                   "edited-then-fine-tuned (M_ed_ft) models, mean over seeds.", cols)
-    for key, runs in group_runs(res.runs).items():
-        row: dict[str, Any] = dict(zip(RUN_KEY, key, strict=True), seeds=len(runs))
+    for row, runs in _configurations(res):
+        row["seeds"] = len(runs)
         for grp in ("M", "M_ft", "M_ed", "M_ed_ft"):
             row[f"ds_{grp}"] = _mean(res.downstream_mean(r, grp) for r in runs)
         if any(row[f"ds_{g}"] is not None for g in ("M", "M_ft", "M_ed", "M_ed_ft")):
@@ -308,8 +316,7 @@ def decay_tests_table(res: Results, min_seeds: int = 3) -> Table:
                   f"With ≥ {min_seeds} seeds: paired t-test and Wilcoxon signed-rank of ES(M_ed) vs ES(M_ed_ft) "
                   "across seeds with Cohen's dz / rank-biserial r; otherwise McNemar's exact test per edit "
                   "(effect: drop in success rate).", cols)
-    for key, runs in group_runs(res.runs).items():
-        base = dict(zip(RUN_KEY, key, strict=True))
+    for base, runs in _configurations(res):
         for result in efficacy_drop_tests(res, runs, min_seeds):
             table.rows.append(dict(base, test=result.test, n=result.n, statistic=result.statistic, p=result.pvalue,
                                    effect=result.effect, effect_name=result.effect_name))
@@ -386,7 +393,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
     table = Table("preserve", "Edit-preserving fine-tuning", "Per configuration, each strategy that keeps edits "
                   "through fine-tuning (freeze, nullspace, replay, reedit; docs/preserve.md) beside plain "
                   "fine-tuning (none): efficacy before/after, Edit Flip Ratio and survival of the edits that held "
-                  f"(value > {stats.SUCCESS_THRESHOLD}; bootstrap CI over pooled edits), the M_ed_ft downstream "
+                  f"({SUCCESS_RULE}; bootstrap CI over pooled edits), the M_ed_ft downstream "
                   "score and its difference from plain fine-tuning in points; mean over seeds.", cols)
     grouped: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
