@@ -183,3 +183,26 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
     path.write_text("this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open the results store"):
         Store(path)
+
+
+def test_snapshot_is_one_consistent_file_taken_while_a_writer_holds_the_store(tmp_path):
+    runs, stages, records = _plan(tmp_path)
+    with Store(tmp_path / "r.db") as db:
+        db.register_plan("g", runs, stages, records)
+        (tmp_path / "evaluate-M").mkdir()
+        db.mark_done("evaluate-M", "evaluate", tmp_path / "evaluate-M", 1.0, {}, evaluation=_evaluation(1))
+        (tmp_path / "snap.db-wal").write_bytes(b"stale")  # a -wal left at the target by an earlier store
+        out = db.snapshot(tmp_path / "snap.db")
+        # the live store is still open in WAL mode and its last commit is only in its -wal file
+        assert (tmp_path / "r.db-wal").exists()
+        with pytest.raises(StoreError, match="another file"):
+            db.snapshot(tmp_path / "r.db")
+    assert out == tmp_path / "snap.db" and not (tmp_path / "snap.db.tmp").exists()
+    assert not (tmp_path / "snap.db-wal").exists()
+    conn = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert conn.execute("SELECT COUNT(*) FROM metrics").fetchone()[0] == 4
+        assert conn.execute("SELECT status FROM stages WHERE stage_id = 'evaluate-M'").fetchone()[0] == "done"
+    finally:
+        conn.close()

@@ -12,6 +12,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true", help="also run the store's integrity check")
     p.add_argument("--export", metavar="DIR", help="export every table to DIR as CSV (or --format parquet)")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    p.add_argument("--snapshot", metavar="FILE", help="write a consistent one-file copy of the store to FILE (safe "
+                   "while a run writes to it; what to commit of a study that is still running)")
     p.set_defaults(handler=run)
 
 
@@ -40,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
             problems = db.integrity_check()
             print("integrity: ok" if not problems else "integrity problems:\n  " + "\n  ".join(problems))
             rc = 1 if problems else 0
+        if args.snapshot:
+            print(f"wrote {db.snapshot(args.snapshot)}")
         if args.export:
             for path in db.export(args.export, args.format):
                 print(f"wrote {path}")

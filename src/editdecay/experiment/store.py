@@ -414,6 +414,30 @@ class Store:
             problems.extend(f"{label}: {r[0]}" for r in rows)
         return problems
 
+    def snapshot(self, out: str | os.PathLike) -> Path:
+        """A consistent one-file copy of the store, safe to take while a run writes to it and to commit.
+
+        SQLite's online backup copies a single point in time (a plain file copy of a WAL store can miss the
+        latest commits or mix two states); the copy is written beside ``out`` in rollback-journal mode (no -wal
+        file belongs to it) and renamed into place, so ``out`` is never half written.
+        """
+        out = Path(out)
+        if out.resolve() == self.path.resolve():
+            raise StoreError(f"{out}: a snapshot must go to another file than the store it copies")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        dst = sqlite3.connect(str(tmp))
+        try:
+            self.conn.backup(dst)
+            dst.execute("PRAGMA journal_mode = DELETE")
+        finally:
+            dst.close()
+        for stale in (out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
+            stale.unlink(missing_ok=True)  # left by an earlier store at that path; they would not belong to the copy
+        os.replace(tmp, out)
+        return out
+
     def export(self, out_dir: str | os.PathLike, fmt: str = "csv") -> list[Path]:
         """Write every table to ``out_dir/<table>.csv`` (or ``.parquet`` with pyarrow installed)."""
         out_dir = Path(out_dir)
