@@ -15,19 +15,15 @@ import torch
 from editdecay.edit import stats as stats_mod
 from editdecay.edit.stats import (
     STATS_KEYS,
-    StatsCache,
     StatsShortfall,
     StatsWarning,
-    corpus_documents,
-    corpus_hash,
-    model_layer_hashes,
     second_moments,
     second_moments_per_layer,
     stats_kwargs,
     stats_settings,
-    token_windows,
 )
-from editdecay.edit.stats_text import Corpus
+from editdecay.edit.stats_cache import StatsCache, model_layer_hashes
+from editdecay.edit.stats_text import Corpus, corpus_documents, corpus_hash, token_windows
 from editdecay.errors import DataError
 from editdecay.models.arch import get_adapter
 

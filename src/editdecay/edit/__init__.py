@@ -7,7 +7,9 @@ The pipeline, in the order an edit runs it (each module imports only the ones be
 - :mod:`~editdecay.edit.keys` keys at the subject's last token (one pass for several layers)
 - :mod:`~editdecay.edit.replay`, :mod:`~editdecay.edit.targets` target values z (batched Adam on δ at layer L);
   :mod:`~editdecay.edit.targets_cache` keeps each request's z on disk
-- :mod:`~editdecay.edit.stats` (+ ``stats_text``) second moments of each edited layer's keys, disk cache
+- :mod:`~editdecay.edit.stats_text` the statistics text, streamed into token windows ->
+  :mod:`~editdecay.edit.stats_cache` the model hashes, keys and disk cache ->
+  :mod:`~editdecay.edit.stats` second moments of each edited layer's keys
 - :mod:`~editdecay.edit.linalg` checked solves, output-norm inversion
 - :mod:`~editdecay.edit.spread` the layer-by-layer update through a method's :class:`UpdateRule`
 - :mod:`~editdecay.edit.memit`, :mod:`~editdecay.edit.alphaedit` the update rules (and AlphaEdit's state)

@@ -7,7 +7,8 @@ accumulator (``mom2_dtype``); C is the accumulated sum divided by the token coun
 :func:`second_moments_per_layer` is the reference code's way (one pass per layer, each stopping at its
 layer) and exists for the benchmark and the equality test.
 
-Text (:mod:`editdecay.edit.stats_text`): local files or a hub dataset, streamed. The budget is counted in
+Text (:mod:`editdecay.edit.stats_text`): local files or a hub dataset, streamed and cut into token windows,
+which :func:`~editdecay.edit.stats_text.window_batches` groups for the forward passes. The budget is counted in
 tokens (``n_tokens``: documents concatenated and cut into ``seq_len`` windows) or, as the reference code
 does, in samples (``n_samples``: one window per document, truncated to ``seq_len``).
 
@@ -16,23 +17,20 @@ computed from what there is, a :class:`StatsWarning` says so, the result's ``sho
 cache key and stats_id name the count actually used (a pointer file maps the asked key to it). Either way
 the statistics counted are cached, so allowing the shortfall afterwards costs nothing.
 
-Cache (:class:`StatsCache`, passed explicitly): one safetensors file + JSON per layer under
-``$EDITDECAY_HOME/stats/``, keyed by a hash of the model weights that can influence that layer's keys
-(embeddings, layers 0..l, config, tokenizer), the layer, the corpus hash, the budget met, the window length
+Cache (:mod:`editdecay.edit.stats_cache`; :class:`StatsCache`, passed explicitly): one safetensors file + JSON
+per layer under ``$EDITDECAY_HOME/stats/``, keyed by a hash of the model weights that can influence that layer's
+keys (embeddings, layers 0..l, config, tokenizer), the layer, the corpus hash, the budget met, the window length
 and the dtypes. Files are written atomically; a hit is reused by any later run of the same model.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,12 +38,12 @@ from torch import nn
 
 from editdecay.data.tokens import special_prefix
 from editdecay.edit.hooks import frozen, hidden_arg, model_device
-from editdecay.edit.stats_text import Corpus, WindowStream
+from editdecay.edit.stats_cache import StatsCache, budget_label, cache_key, legacy_short, model_layer_hashes
+from editdecay.edit.stats_text import DEFAULT_CORPORA, Corpus, WindowStream, window_batches
 from editdecay.errors import DataError
 from editdecay.models.arch import ArchAdapter
-from editdecay.util.io import atomic_write_bytes, atomic_write_json, read_json, stable_hash
+from editdecay.util.io import stable_hash
 
-DEFAULT_CORPORA = ("wikitext", "wikipedia")
 # Below this many tokens per key dimension a warning is given: the eigenvalues of a sample second moment of
 # a d-wide key from n tokens scatter by about (1 ± √(d/n))² (Marchenko–Pastur), ±20% at 100 tokens per
 # dimension; the reference code's 100,000 Wikipedia articles give thousands per dimension.
@@ -86,138 +84,6 @@ def stats_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
             "accum_dtype": settings["mom2_dtype"], "allow_short": bool(settings.get("mom2_allow_short", False))}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the text (kept for callers of earlier versions; the stream lives in stats_text)
-
-
-def corpus_documents(corpora: Sequence[str]) -> list[str]:
-    """Documents of the named corpora, interleaved round-robin (so a small budget samples all of them)."""
-    out = list(Corpus(corpora).documents())
-    if not out:
-        raise DataError(",".join(corpora), "the statistics corpora hold no text")
-    return out
-
-
-def corpus_hash(corpora: Sequence[str]) -> str:
-    return Corpus(corpora).hash()
-
-
-def token_windows(tok: Any, corpora: Sequence[str], n_tokens: int | None, seq_len: int,
-                  n_samples: int | None = None) -> list[list[int]]:
-    """The windows :func:`second_moments` counts, as a list (tests and small budgets only)."""
-    return list(WindowStream(tok, Corpus(corpora), seq_len, None if n_samples is not None else n_tokens, n_samples))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# hashing the model
-
-
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
-    t = t.detach().to("cpu").contiguous()
-    return memoryview(t.view(torch.uint8).numpy().reshape(-1))
-
-
-def tokenizer_hash(tok: Any) -> str:
-    backend = getattr(tok, "backend_tokenizer", None)
-    if backend is not None:
-        text = backend.to_str()
-    else:
-        text = json.dumps(sorted(tok.get_vocab().items()))
-    extra = json.dumps([type(tok).__name__, getattr(tok, "bos_token", None), getattr(tok, "eos_token", None),
-                        getattr(tok, "add_bos_token", None)])
-    return hashlib.sha256((text + extra).encode("utf-8")).hexdigest()[:16]
-
-
-def model_layer_hashes(model: nn.Module, adapter: ArchAdapter, tok: Any, upto: int) -> dict[int, str]:
-    """{layer l: hash of everything that can change layer l's keys}: config, tokenizer, the parameters
-    outside the decoder layers (embeddings; not the final norm or the head), and layers 0..l."""
-    config = {k: v for k, v in model.config.to_dict().items()
-              if not k.startswith("_") and k not in ("transformers_version", "architectures", "dtype", "torch_dtype")}
-    h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
-    h.update(tokenizer_hash(tok).encode())
-    layer_prefix = adapter.layers + "."
-    skip = (adapter.final_norm + ".", adapter.unembed + ".")
-    per_layer: dict[int, list[tuple[str, torch.Tensor]]] = {}
-    for name, p in model.named_parameters():
-        if name.startswith(layer_prefix):
-            idx = int(name[len(layer_prefix):].split(".", 1)[0])
-            per_layer.setdefault(idx, []).append((name, p))
-        elif not name.startswith(skip):
-            h.update(name.encode())
-            h.update(_tensor_bytes(p))
-    out = {}
-    for layer in range(upto + 1):
-        for name, p in sorted(per_layer.get(layer, []), key=lambda x: x[0]):
-            h.update(name.encode())
-            h.update(_tensor_bytes(p))
-        out[layer] = h.copy().hexdigest()[:20]
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the cache
-
-
-@dataclass
-class StatsCache:
-    """Second moments on disk: ``<root>/<key>.safetensors`` + ``<key>.json``. Pass it explicitly."""
-
-    root: Path
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root)
-
-    @classmethod
-    def default(cls) -> StatsCache:
-        from editdecay.models.registry import editdecay_home
-
-        return cls(editdecay_home() / "stats")
-
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.root / f"{key}.safetensors", self.root / f"{key}.json"
-
-    def load(self, key: str) -> torch.Tensor | None:
-        tensor_path, meta_path = self._paths(key)
-        if not (tensor_path.exists() and meta_path.exists()):
-            return None
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(tensor_path))["mom2"]
-        except Exception:  # noqa: BLE001 - a damaged file is a miss; it is rewritten
-            return None
-
-    def load_meta(self, key: str) -> dict[str, Any] | None:
-        path = self._paths(key)[1]
-        try:
-            return read_json(path) if path.exists() else None
-        except Exception:  # noqa: BLE001 - a damaged file is a miss
-            return None
-
-    def save(self, key: str, mom2: torch.Tensor, meta: dict[str, Any]) -> None:
-        from safetensors.torch import save
-
-        tensor_path, meta_path = self._paths(key)
-        atomic_write_bytes(tensor_path, save({"mom2": mom2.contiguous()}, metadata={"key": key}))
-        atomic_write_json(meta_path, meta)  # written last: its presence marks a complete entry
-
-    def save_shortfall(self, asked_key: str, counted: int) -> None:
-        """Remember that the corpus behind ``asked_key`` held only ``counted`` (tokens or samples)."""
-        atomic_write_json(self.root / f"{asked_key}.shortfall", {"asked_key": asked_key, "counted": int(counted)})
-
-    def load_shortfall(self, asked_key: str) -> int | None:
-        path = self.root / f"{asked_key}.shortfall"
-        try:
-            return int(read_json(path)["counted"]) if path.exists() else None
-        except Exception:  # noqa: BLE001 - a damaged pointer is ignored; the statistics are recounted
-            return None
-
-    def entries(self) -> list[dict[str, Any]]:
-        if not self.root.exists():
-            return []
-        return [read_json(p) for p in sorted(self.root.glob("*.json"))]
-
-
 @dataclass
 class StatsResult:
     cov: dict[int, torch.Tensor]  # layer -> C [d_in, d_in] float64
@@ -243,34 +109,6 @@ class StatsResult:
 
 # ----------------------------------------------------------------------------------------------------------
 # collecting
-
-
-def _batches(windows: Iterable[list[int]], batch_size: int, pad: bool) -> Iterator[list[list[int]]]:
-    """Token mode: runs of equal-length windows in stream order (all but the last are full, so no padding).
-    Samples mode (``pad``): pools of windows sorted by length, so padding stays small."""
-    if not pad:
-        batch: list[list[int]] = []
-        for w in windows:
-            if batch and (len(w) != len(batch[0]) or len(batch) == batch_size):
-                yield batch
-                batch = []
-            batch.append(w)
-        if batch:
-            yield batch
-        return
-    pool: list[list[int]] = []
-    for w in windows:
-        pool.append(w)
-        if len(pool) == batch_size * 32:
-            yield from _sorted_chunks(pool, batch_size)
-            pool = []
-    yield from _sorted_chunks(pool, batch_size)
-
-
-def _sorted_chunks(pool: list[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
-    pool = sorted(pool, key=len, reverse=True)
-    for lo in range(0, len(pool), batch_size):
-        yield pool[lo:lo + batch_size]
 
 
 def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]], layers: Sequence[int],
@@ -309,7 +147,7 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
             handles.append(module.register_forward_pre_hook(hook_for(layer), with_kwargs=True))
         base = model.base_model
         with torch.no_grad():
-            for group in _batches(windows, batch_size, pad_id is not None):
+            for group in window_batches(windows, batch_size, pad_id is not None):
                 width = max(len(w) for w in group)
                 kwargs: dict[str, Any] = {}
                 if all(len(w) == width for w in group):
@@ -339,15 +177,6 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
     return sums, count
 
 
-def _cache_key(layer_hash: str, layer: int, corpus: str, budget: int | str, seq_len: int, model_dtype: str,
-               accum: str) -> str:
-    return f"{layer_hash}-L{layer}-{corpus}-{budget}-{seq_len}-{model_dtype}-{accum}"
-
-
-def _budget_label(unit: str, count: int) -> str:
-    return f"{count}s" if unit == "samples" else str(count)  # token keys keep the earlier form
-
-
 def _shortfall_message(corpora: Sequence[str], unit: str, asked: int, counted: int, n_tokens: int) -> str:
     return (f"the statistics corpora {list(corpora)} hold only {counted:,} {unit} ({n_tokens:,} tokens), but "
             f"{asked:,} were asked for (mom2_n_{unit})")
@@ -364,13 +193,6 @@ def _low_warning(n_tokens: int, dim: int) -> None:
         "so MEMIT's lambda*C and AlphaEdit's null space rest on a noisy C. The reference code counts 100,000 "
         "Wikipedia articles (1e7-1e8 tokens): raise mom2_n_tokens / mom2_n_samples, with a corpus that holds them "
         "(mom2_dataset: a local file or hf:wikimedia/wikipedia:20231101.en)"), stacklevel=3)
-
-
-def _legacy_short(meta: Mapping[str, Any], unit: str, budget: int, prefix_len: int) -> bool:
-    """An entry written before shortfalls were keyed by what was counted: it sits under the asked count."""
-    if "budget" in meta or unit != "tokens":
-        return bool(meta.get("short", False))
-    return int(meta.get("n_tokens", budget)) + prefix_len < budget
 
 
 def second_moments(
@@ -410,7 +232,7 @@ def second_moments(
     hashes = model_layer_hashes(model, adapter, tok, max(layers))
 
     def keys_for(count: int) -> dict[int, str]:
-        return {layer: _cache_key(hashes[layer], layer, c_hash, _budget_label(unit, count), seq_len, model_dtype,
+        return {layer: cache_key(hashes[layer], layer, c_hash, budget_label(unit, count), seq_len, model_dtype,
                                   accum_dtype) for layer in layers}
 
     asked = keys_for(budget)
@@ -425,7 +247,7 @@ def second_moments(
             if pointer is not None:
                 keys[layer] = keys_for(pointer)[layer]
             got, meta = cache.load(keys[layer]), cache.load_meta(keys[layer])
-            if got is None or meta is None or (pointer is None and _legacy_short(meta, unit, budget, prefix_len)):
+            if got is None or meta is None or (pointer is None and legacy_short(meta, unit, budget, prefix_len)):
                 keys[layer] = asked[layer]
                 continue
             cov[layer], metas[layer] = got.to(acc), meta

@@ -2,7 +2,8 @@
 
 Why a stream: the reference code counts 100,000 Wikipedia articles (10⁷–10⁸ tokens); holding that text, or
 its token ids as Python lists, does not fit in memory. Every source here yields one document at a time and
-:func:`windows` cuts token windows from that stream as they are needed.
+:class:`WindowStream` cuts token windows from that stream as they are needed; :func:`window_batches` groups
+them for the forward passes.
 
 Sources (``mom2_dataset`` entries):
 
@@ -25,7 +26,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -33,6 +34,7 @@ from urllib.parse import urlparse
 from editdecay.data.tokens import special_prefix
 from editdecay.errors import DataError
 
+DEFAULT_CORPORA = ("wikitext", "wikipedia")  # the statistics text when none is named (local files)
 HF_PREFIX = "hf:"
 _HEADING = re.compile(r"=+ .* =+")
 LOCAL_HINT = ("point mom2_dataset at a local file instead: a .txt (one document per line), or a .jsonl/.json "
@@ -325,3 +327,55 @@ class WindowStream:
             total += len(win)
             yield win
         self.exhausted = True
+
+
+def window_batches(windows: Iterable[list[int]], batch_size: int, pad: bool) -> Iterator[list[list[int]]]:
+    """The windows grouped into batches for a forward pass. Token mode: runs of equal-length windows in stream
+    order (all but the last are full, so no padding). Samples mode (``pad``): pools of windows sorted by length,
+    so padding stays small."""
+    if not pad:
+        batch: list[list[int]] = []
+        for w in windows:
+            if batch and (len(w) != len(batch[0]) or len(batch) == batch_size):
+                yield batch
+                batch = []
+            batch.append(w)
+        if batch:
+            yield batch
+        return
+    pool: list[list[int]] = []
+    for w in windows:
+        pool.append(w)
+        if len(pool) == batch_size * 32:
+            yield from _sorted_chunks(pool, batch_size)
+            pool = []
+    yield from _sorted_chunks(pool, batch_size)
+
+
+def _sorted_chunks(pool: list[list[int]], batch_size: int) -> Iterator[list[list[int]]]:
+    pool = sorted(pool, key=len, reverse=True)
+    for lo in range(0, len(pool), batch_size):
+        yield pool[lo:lo + batch_size]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# whole lists (tests and small budgets only)
+
+
+def corpus_documents(corpora: Sequence[str]) -> list[str]:
+    """Documents of the named corpora, interleaved round-robin (so a small budget samples all of them)."""
+    out = list(Corpus(corpora).documents())
+    if not out:
+        raise DataError(",".join(corpora), "the statistics corpora hold no text")
+    return out
+
+
+def corpus_hash(corpora: Sequence[str]) -> str:
+    """The corpus hash every statistics cache key names (:meth:`Corpus.hash`)."""
+    return Corpus(corpora).hash()
+
+
+def token_windows(tok: Any, corpora: Sequence[str], n_tokens: int | None, seq_len: int,
+                  n_samples: int | None = None) -> list[list[int]]:
+    """The windows :func:`editdecay.edit.stats.second_moments` counts, as a list."""
+    return list(WindowStream(tok, Corpus(corpora), seq_len, None if n_samples is not None else n_tokens, n_samples))
