@@ -10,14 +10,16 @@ is materialised as base + deltas or base + merged adapter, the same weights the 
 A grid stage's folder also holds ``_stage.json`` (:data:`MARKER`), written last: the stage is finished, and
 ``model`` names the model the folder stands for (``"."`` = the folder itself).
 
-This module knows the file names and manifest fields and is their typed reader: every reader's error names
-the file and the field. It imports nothing from the stages (models/ calls it).
+This module knows the file names and manifest fields: it is their typed reader (every reader's error names the
+file and the field) and the writer of the edit folder's deltas and manifest and of the stage marker. It imports
+nothing from the stages (models/ calls it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ ADAPTER = "adapter"
 MODEL_CONFIG = "config.json"
 TRAIN_LOG = "train_log.jsonl"  # fine-tune folder: one JSON line per logged step
 TRAJECTORY = "trajectory.json"  # fine-tune folder with tracking: [{"step", "efficacy", ...}]
+REEDIT_DELTAS = "preserve_reedit_deltas.safetensors"  # fine-tune folder, preserve_strategy=reedit: the re-edit
 MARKER = "_stage.json"  # grid stage folder: written last, once the stage is finished
 EVALUATION = "evaluation.json"  # grid evaluate stage: the evaluation JSON
 FORMS = ("model", "edit-deltas", "adapter")
@@ -135,6 +138,86 @@ def edit_records(manifest: dict[str, Any], source: str | os.PathLike) -> list[An
         except (TypeError, ValueError) as exc:
             raise DataError(str(source), f"not an EditRecord ({exc})", index, "records") from None
     return records
+
+
+# ----------------------------------------------------------------------------------------------------------
+# edit folders: the writers
+
+
+def write_deltas(path: str | os.PathLike, deltas: dict[str, Any]) -> None:
+    """A deltas file (an edit folder's ``deltas.safetensors``, a re-edit's :data:`REEDIT_DELTAS`): one tensor per
+    rewritten weight, keyed by its full parameter name, float32, contiguous, on the CPU; written atomically."""
+    from safetensors.torch import save
+
+    from editdecay.util.io import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in deltas.items()}))
+
+
+def read_deltas(path: str | os.PathLike) -> dict[str, Any]:
+    """The deltas of an edit folder (or of a deltas file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / DELTAS
+    if not path.exists():
+        raise ModelError(f"{path} not found: not an edit folder")
+    return load_file(str(path))
+
+
+def write_edit_manifest(
+    folder: str | os.PathLike,
+    *,
+    deltas_only: bool,
+    method: str,
+    base_model: str,
+    base_model_path: str,
+    records: list[Any],
+    records_source: str | None,
+    layers: list[int],
+    hparams: dict[str, Any],
+    stats_id: str,
+    statistics: dict[str, Any],
+    timings: dict[str, float],
+    seed: int,
+    dtype: Any,
+    batch_size: int | None,
+    deltas: dict[str, Any],
+    context_templates: list[list[str]],
+    summary: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``folder/manifest.json`` of an edit folder (docs/design.md's fields, in this order) atomically and
+    return it. ``records`` are EditRecords (stored as their dicts), ``deltas`` the tensors written beside it (the
+    manifest keeps their shapes), ``dtype`` the model's (``torch.float32`` or its name)."""
+    from editdecay.util.env import library_versions
+    from editdecay.util.io import atomic_write_json
+
+    manifest = {
+        "stage": "edit",
+        "form": "deltas" if deltas_only else "full",
+        "method": method,
+        "base_model": base_model,
+        "base_model_path": base_model_path,
+        "records": [r.to_dict() for r in records],
+        "records_source": records_source,
+        "layers": layers,
+        "hparams": hparams,
+        "stats_id": stats_id,
+        "statistics": statistics,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "versions": library_versions(),
+        "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""),
+        "n_edits": len(records),
+        "batch_size": batch_size,
+        "deltas": {name: list(d.shape) for name, d in deltas.items()},
+        "context_templates": context_templates,
+        "summary": summary,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
 
 
 # ----------------------------------------------------------------------------------------------------------

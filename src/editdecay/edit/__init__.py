@@ -18,7 +18,8 @@ The pipeline, in the order an edit runs it (each module imports only the ones be
 - :mod:`~editdecay.edit.api` ``edit``, ``edit_to_folder``, ``apply_deltas``
 
 May import: :mod:`editdecay.models`, :mod:`editdecay.data` (records, and ``data.tokens``: the tokenisation rules
-shared with evaluation), :mod:`editdecay.util` and :mod:`editdecay.errors`; never evaluate, finetune,
+shared with evaluation), :mod:`editdecay.artifacts` (the edit folder's files and manifest), :mod:`editdecay.util`
+and :mod:`editdecay.errors`; never evaluate, finetune,
 experiment or report. The names below are loaded on first use, so ``editdecay.edit.registry`` and
 ``editdecay.edit.hparams`` can be read without importing torch.
 """

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editdecay.artifacts import ALPHAEDIT_STATE, DELTAS, MANIFEST
+from editdecay.artifacts import ALPHAEDIT_STATE, DELTAS, read_deltas, write_deltas, write_edit_manifest
 from editdecay.data.records import EditRecord
 from editdecay.edit.hooks import model_device
 from editdecay.edit.hparams import EditHparams, resolve_hparams
@@ -35,7 +35,7 @@ from editdecay.edit.spread import apply_update
 from editdecay.edit.stats import StatsCache, second_moments, stats_kwargs
 from editdecay.edit.targets import compute_targets
 from editdecay.edit.targets_cache import TargetCache, as_cache
-from editdecay.errors import ConfigError, DataError, ModelError
+from editdecay.errors import ConfigError, DataError
 from editdecay.models.arch import get_adapter
 
 
@@ -194,24 +194,9 @@ def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], sign: int = 
     apply(model, deltas, sign=sign)
 
 
-def save_deltas(path: str | os.PathLike, deltas: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    from editdecay.util.io import atomic_write_bytes
-
-    atomic_write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in deltas.items()}))
-
-
 def load_deltas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The deltas of an edit folder (or a deltas.safetensors file)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / DELTAS
-    if not path.exists():
-        raise ModelError(f"{path} not found: not an edit folder")
-    return load_file(str(path))
+    return read_deltas(path)
 
 
 def edit_to_folder(
@@ -245,8 +230,7 @@ def edit_to_folder(
     ``model`` is moved/cast); the editing maths stays float32/float64 on that device.
     """
     from editdecay.models.registry import load_model, resolve_model
-    from editdecay.util.env import library_versions
-    from editdecay.util.io import atomic_dir, atomic_write_json
+    from editdecay.util.io import atomic_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -275,33 +259,16 @@ def edit_to_folder(
         if not deltas_only:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        save_deltas(tmp / DELTAS, result.deltas)
+        write_deltas(tmp / DELTAS, result.deltas)
         if result.state is not None:
             result.state.save(tmp / ALPHAEDIT_STATE)
         result.timings["save"] = time.perf_counter() - t
-        manifest = {
-            "stage": "edit",
-            "form": "deltas" if deltas_only else "full",
-            "method": result.method,
-            "base_model": str(model_name_or_path),
-            "base_model_path": resolved,
-            "records": [r.to_dict() for r in records],
-            "records_source": records_source,
-            "layers": result.layers,
-            "hparams": result.hparams.to_dict(),
-            "stats_id": result.stats_id,
-            "statistics": result.statistics,
-            "timings": {k: round(v, 3) for k, v in result.timings.items()},
-            "versions": library_versions(),
-            "seed": seed,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "n_edits": len(records),
-            "batch_size": batch_size,
-            "deltas": {name: list(d.shape) for name, d in result.deltas.items()},
-            "context_templates": result.templates,
-            "summary": result.summary(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_edit_manifest(
+            tmp, deltas_only=deltas_only, method=result.method, base_model=str(model_name_or_path),
+            base_model_path=resolved, records=records, records_source=records_source, layers=result.layers,
+            hparams=result.hparams.to_dict(), stats_id=result.stats_id, statistics=result.statistics,
+            timings=result.timings, seed=seed, dtype=next(model.parameters()).dtype, batch_size=batch_size,
+            deltas=result.deltas, context_templates=result.templates, summary=result.summary(),
+        )
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return result

@@ -17,11 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from editdecay.artifacts import REEDIT_DELTAS, write_deltas
 from editdecay.errors import ConfigError
 from editdecay.preserve import nullspace, reedit, replay
 from editdecay.preserve.spec import EditSpec, load_edit_spec
-
-REEDIT_DELTAS = "preserve_reedit_deltas.safetensors"
 
 
 class Preserve:
@@ -133,9 +132,7 @@ class Preserve:
     def write(self, folder: Path) -> None:
         """Extra files in the fine-tune folder (the re-edit's deltas)."""
         if self.reedit_deltas:
-            from editdecay.edit.api import save_deltas
-
-            save_deltas(Path(folder) / REEDIT_DELTAS, self.reedit_deltas)
+            write_deltas(Path(folder) / REEDIT_DELTAS, self.reedit_deltas)
 
     def manifest(self) -> dict[str, Any]:
         if self.strategy == "reedit" and "reedit" not in self.info:
