@@ -91,6 +91,9 @@ def gemma_configs() -> list[tuple[str, dict]]:
         out.append(("lambda", dict(GEMMA_BASE, mom2_update_weight=lam)))
     for thr in (1e-2, 5e-3):
         out.append(("alphaedit", dict(GEMMA_BASE, method="alphaedit", nullspace_threshold=thr, L2=1.0)))
+    # z stalls (median probability 0.58 at 100 edits): the target-value optimiser, at the default λ 1500
+    for v_lr, steps in ((2.0, 25), (5.0, 25), (0.5, 60)):
+        out.append(("gemma-z", dict(GEMMA_BASE, v_lr=v_lr, v_num_grad_steps=steps, mom2_update_weight=1500.0)))
     return out
 
 
