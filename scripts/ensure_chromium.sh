@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make a headless Chromium available for the report's browser test (tests/test_report_browser.py).
+# Make a headless Chromium available for the report's browser test (tests/report/test_report_browser.py).
 # Idempotent: does nothing when chromium is already on PATH. Uses Debian's package (apt-get), so it needs
 # root (or sudo) on a fresh CI machine; prints the binary path on success.
 set -euo pipefail

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from test_edit_tiny import FAST, RECORDS
+from helpers.edits import FAST, RECORDS
 from transformers import AutoModelForCausalLM
 
 from editdecay.artifacts import folder_form

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _device_check():

@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 import tomllib
 from importlib import metadata
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 import editdecay
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("version", ["4.57.1", "4.99.0", "5.0.0", "6.0.0", "garbage"])

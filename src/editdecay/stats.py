@@ -3,7 +3,7 @@
 One module, below ``evaluate`` (``evaluate.decay.compare``) and ``report`` (tables, findings, plots), so an
 edit's success, its survival and every test mean the same thing wherever they are computed. Each test is
 written out from its textbook definition (so the numbers can be checked by hand) and unit-tested against scipy
-on the same inputs (tests/test_report_stats.py, tests/test_decay.py); scipy is used here only for the t
+on the same inputs (tests/test_stats.py, tests/evaluate/test_decay.py); scipy is used here only for the t
 distribution's tail.
 
 - An edit *succeeds* on a metric when its per-record value exceeds ``SUCCESS_THRESHOLD`` (0.5: a strict

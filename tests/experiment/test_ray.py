@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from editdecay.errors import ConfigError
 from editdecay.experiment.grid import expand, load_grid
@@ -18,7 +19,6 @@ from editdecay.experiment.store import Store
 
 ray = pytest.importorskip("ray", reason="the Ray backend test needs `pip install 'editdecay[ray]'`")
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_edit_tiny import FAST, RECORDS, TEMPLATES, _sharpen
+from helpers.edits import FAST, RECORDS, TEMPLATES, sharpen
 
 import editdecay.edit.targets as targets_mod
 from editdecay.edit.api import edit
@@ -32,7 +32,7 @@ def _counting(monkeypatch):
 
 def test_subset_in_another_order_reuses_every_request(make_tiny, tmp_path, monkeypatch):
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
     requests = [Request.from_record(r) for r in RECORDS]
@@ -52,7 +52,7 @@ def test_subset_in_another_order_reuses_every_request(make_tiny, tmp_path, monke
 
 def test_changed_settings_or_templates_are_not_reused(make_tiny, tmp_path, monkeypatch):
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     requests = [Request.from_record(r) for r in RECORDS[:2]]
     cache = TargetCache(tmp_path / "z")
@@ -70,7 +70,7 @@ def test_changed_settings_or_templates_are_not_reused(make_tiny, tmp_path, monke
 def test_memit_and_alphaedit_share_one_optimisation(make_tiny, tmp_path, monkeypatch):
     """The second method pays no target-value optimisation, and its deltas equal an uncached edit's."""
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     cache = TargetCache(tmp_path / "z")
     calls = _counting(monkeypatch)
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -93,7 +93,7 @@ def test_memit_and_alphaedit_share_one_optimisation(make_tiny, tmp_path, monkeyp
 
 def test_damaged_entry_is_recomputed(make_tiny, tmp_path, monkeypatch, capsys):
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
     requests = [Request.from_record(r) for r in RECORDS[:1]]

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report import XSS, analyze_store, build_store, make_artifacts, write_corpus
+from helpers.store import XSS, analyze_store, build_store, make_artifacts, write_corpus
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome")
                  if shutil.which(n)), None)

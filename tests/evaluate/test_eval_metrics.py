@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_scoring import CITY_A, CITY_B, IN, IS, OF, THE, BigramLM, designed_table
+from helpers.bigram import CITY_A, CITY_B, IN, IS, OF, THE, BigramLM, designed_table
 
 from editdecay.data.records import EditRecord
 from editdecay.errors import DataError

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from editdecay.cli import main
 from editdecay.errors import ConfigError
 from editdecay.experiment.grid import expand, load_grid, parse_grid
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
+from helpers import ROOT
 
 from editdecay.errors import ConfigError
 from editdecay.experiment import cost
@@ -19,7 +18,6 @@ from editdecay.experiment.cost import (
 )
 from editdecay.experiment.grid import StageSpec, expand, parse_grid
 
-ROOT = Path(__file__).resolve().parents[1]
 # a llama-like shape small enough to write every term by hand
 S = ModelShape("toy", "llama", num_layers=4, hidden=8, intermediate=16, vocab=100, heads=2, kv_dim=4, params=5000.0,
                source="test")

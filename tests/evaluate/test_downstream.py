@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_scoring import IS, BigramLM, bigram_logprob, designed_table
+from helpers.bigram import IS, BigramLM, bigram_logprob, designed_table
 
 from editdecay.data.corpora import COMMONSENSE_TASKS, MCItem, load_commonsense
 from editdecay.errors import ConfigError

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 import torch
-from test_report import MODELS, build_store, make_artifacts, write_corpus
+from helpers.store import MODELS, build_store, make_artifacts, write_corpus
 
 RECORDS = [
     {"case_id": "a", "subject": "Danielle Darrieux", "prompt": "The mother tongue of {} is", "target_new": "English",

@@ -7,21 +7,11 @@ import json
 import sqlite3
 
 import pytest
+from helpers.store import SCHEMA
 
 from editdecay.report.load import load_results
 from editdecay.report.tables import all_tables, preserve_table
 
-SCHEMA = """
-CREATE TABLE runs (run_id TEXT PRIMARY KEY, grid TEXT, model TEXT, method TEXT, edit_data TEXT, n_edits INT,
-    ft_type TEXT, layers TEXT, modules TEXT, ft_data TEXT, seed INT, config_json TEXT, status TEXT, created_at REAL);
-CREATE TABLE stages (stage_id TEXT PRIMARY KEY, kind TEXT, status TEXT, config_json TEXT, artifact TEXT, error TEXT,
-    attempts INT, started_at REAL, finished_at REAL, seconds REAL, versions_json TEXT);
-CREATE TABLE run_groups (run_id TEXT, grp TEXT, eval_stage_id TEXT);
-CREATE TABLE metrics (eval_stage_id TEXT, metric TEXT, value REAL);
-CREATE TABLE record_metrics (eval_stage_id TEXT, case_id TEXT, metric TEXT, value REAL);
-CREATE TABLE downstream (eval_stage_id TEXT, task TEXT, accuracy REAL, n INT);
-CREATE TABLE run_stages (run_id TEXT, stage_id TEXT, role TEXT);
-"""
 # per strategy: how many of the 8 edits that held (of 10) still hold after fine-tuning, and the downstream score
 PLANTED = {"none": (4, 0.60), "freeze": (6, 0.59), "reedit": (8, 0.605)}
 

@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from helpers.edits import FAST, RECORDS, TEMPLATES, sharpen
 
 import editdecay.edit.targets as targets_mod
 from editdecay.data.records import EditRecord
@@ -38,29 +39,10 @@ from editdecay.models.arch import get_adapter
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
 
-FACTS = [
-    ("Paris", "{} is located in", "Germany"),
-    ("The Eiffel Tower", "In {}, the official language is", "Rome"),
-    ("Danielle Darrieux", "The mother tongue of {} is", "English"),
-]
-RECORDS = [EditRecord(case_id=str(i), subject=s, prompt=p, target_new=t, dataset="user")
-           for i, (s, p, t) in enumerate(FACTS)]
-TEMPLATES = [["{}"], ["The cat sat on the mat. {}", "Because of this. {}"]]
-FAST = dict(layers=[1, 2], mom2_n_tokens=800, mom2_seq_len=64, v_num_grad_steps=5, v_weight_decay=0.05,
-            context_template_length_params=[[6, 2]])
-
-
-def _sharpen(model):
-    """Random heads give near-uniform outputs; a larger head makes the target NLL respond to δ."""
-    with torch.no_grad():
-        model.get_submodule(get_adapter(model).unembed).weight.mul_(10)
-    return model
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
 def test_batched_targets_equal_one_request_reference(make_tiny, arch):
     model, tok = make_tiny(arch, n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", FAST)
     requests = [Request.from_record(r) for r in RECORDS]
@@ -77,7 +59,7 @@ def test_batched_targets_equal_one_request_reference(make_tiny, arch):
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
 def test_spreading_lands_on_targets_and_deltas_are_exact(make_tiny, arch):
     model, tok = make_tiny(arch, n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", dict(FAST, mom2_update_weight=1e-4, max_condition=1e16))
     requests = [Request.from_record(r) for r in RECORDS]
@@ -114,7 +96,7 @@ def test_spreading_lands_on_targets_and_deltas_are_exact(make_tiny, arch):
 @pytest.mark.parametrize("method", ["memit", "alphaedit"])
 def test_edit_api_raises_target_probability(make_tiny, tmp_path, method):
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     from editdecay.evaluate.scoring import score_continuations
 
     pairs = [(r.filled_prompt, " " + r.target_new) for r in RECORDS]
@@ -134,7 +116,7 @@ def test_edit_api_raises_target_probability(make_tiny, tmp_path, method):
 
 def test_sequential_batches_and_alphaedit_state(make_tiny, tmp_path):
     model, tok = make_tiny("gpt2", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     res = edit(model, tok, RECORDS, method="alphaedit", hparams=FAST, batch_size=2, stats_cache=StatsCache(tmp_path),
                progress=False)
     assert res.n_batches == 2 and res.state.n_edits == 3
@@ -292,7 +274,7 @@ def test_target_values_resume_from_checkpoint_after_interruption(make_tiny, tmp_
     """An edit interrupted after its first chunk resumes there: the finished chunk is loaded, not optimised
     again, and the result equals an uninterrupted run; a changed model never reuses a stale chunk."""
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     adapter = get_adapter(model)
     hp = hparams_from_dict("memit", dict(FAST, z_batch_size=2))  # chunks: requests [0, 1] and [2]
     requests = [Request.from_record(r) for r in RECORDS]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT
 
 from editdecay.artifacts import MARKER
 from editdecay.cli import main
@@ -26,7 +27,6 @@ from editdecay.experiment.runner import run_grid, workdir_lock
 from editdecay.experiment.stages import run_edit
 from editdecay.experiment.store import Store
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
