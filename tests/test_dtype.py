@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from helpers.edits import FACTS, RECORDS, sharpen
 from safetensors.torch import load_file
 
 from editdecay.data.records import EditRecord
@@ -33,10 +34,6 @@ from editdecay.models.tiny import TINY_ARCHS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
-FACTS = [("Paris", "{} is located in", "Germany"), ("The Eiffel Tower", "In {}, the official language is", "Rome"),
-         ("Danielle Darrieux", "The mother tongue of {} is", "English")]
-RECORDS = [EditRecord(case_id=str(i), subject=s, prompt=p, target_new=t, dataset="user")
-           for i, (s, p, t) in enumerate(FACTS)]
 FAST = dict(layers=[1, 2], mom2_n_tokens=800, mom2_seq_len=64, v_num_grad_steps=5,
             context_template_length_params=[[6, 2]])
 FT = {"batch_size": 2, "max_length": 64, "warmup_steps": 0}
@@ -50,20 +47,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
-def _sharpen(model):
-    """Random heads give near-uniform outputs; a larger head makes the target NLL respond to δ."""
-    with torch.no_grad():
-        model.get_submodule(get_adapter(model).unembed).weight.mul_(10)
-    return model
-
-
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_bf16_spreading_lands_on_targets_like_float32(make_tiny, arch):
     """A bf16 model, every architecture: z is optimised (float32 δ) and raises the target probability, the update
     lands the hidden state on z up to bf16 rounding, the weight is exactly W + ΔW rounded once, deltas are
     float32; and given the same targets, the values ΔW·K it writes equal the float32 model's edit."""
     model32, tok = make_tiny(arch)
-    _sharpen(model32)
+    sharpen(model32)
     model16 = _bf16(copy.deepcopy(model32))
     keys_model = copy.deepcopy(model32)
     adapter = get_adapter(model16)

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from helpers.edits import FAST, sharpen
 
 from editdecay.cli import main
 from editdecay.data.records import EditRecord
@@ -25,21 +26,13 @@ FACTS = [("Paris", "{} is located in", "Germany", "France"),
          ("Danielle Darrieux", "The mother tongue of {} is", "English", "French")]
 RECORDS = [EditRecord(case_id=str(i), subject=s, prompt=p, target_new=t, target_true=tt, dataset="counterfact")
            for i, (s, p, t, tt) in enumerate(FACTS)]
-FAST = dict(layers=[1, 2], mom2_n_tokens=800, mom2_seq_len=64, v_num_grad_steps=5, v_weight_decay=0.05,
-            context_template_length_params=[[6, 2]])
-
-
-def _sharpen(model):
-    with torch.no_grad():
-        model.get_submodule(get_adapter(model).unembed).weight.mul_(10)
-    return model
 
 
 @pytest.fixture
 def folders(make_tiny, tmp_path):
     """A tiny base folder and a MEMIT edit folder of it (layers 1-2, three records)."""
     model, tok = make_tiny("llama", n_layers=4)
-    _sharpen(model)
+    sharpen(model)
     base_dir = tmp_path / "base"
     model.save_pretrained(base_dir)
     tok.save_pretrained(base_dir)
@@ -52,7 +45,7 @@ def folders(make_tiny, tmp_path):
 @pytest.mark.parametrize("layers", [[1, 2], [2, 3]])
 def test_locate_with_base_finds_exactly_the_edited_layers(make_tiny, tmp_path, method, layers):
     base, tok = make_tiny("llama", n_layers=4)
-    _sharpen(base)
+    sharpen(base)
     model = copy.deepcopy(base)
     extra = dict(nullspace_threshold=1e-3, L2=1e-3) if method == "alphaedit" else {}
     result = edit(model, tok, RECORDS, method=method, hparams=dict(FAST, layers=layers, **extra),
@@ -118,7 +111,7 @@ def test_remove_top_components_and_project_out_keys(make_tiny):
 def test_weights_only_location_is_scored_against_the_edit_the_test_makes(make_tiny, tmp_path):
     """A large 3-edit MEMIT on a tiny model: the located layers are compared with the layers it changed."""
     base, tok = make_tiny("llama", n_layers=10)
-    _sharpen(base)
+    sharpen(base)
     model = copy.deepcopy(base)
     result = edit(model, tok, RECORDS, hparams=dict(FAST, layers=[4, 5], mom2_update_weight=1e-3,
                                                     clamp_norm_factor=50.0, v_num_grad_steps=20, v_lr=2.0),
