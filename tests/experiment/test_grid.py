@@ -265,3 +265,14 @@ def test_dtype_enters_stage_ids_and_device_does_not():
     raw["dtype"] = "float8"
     with pytest.raises(ConfigError, match="'dtype'.*float8"):
         parse_grid(raw, "g")
+
+
+def test_description_is_kept_as_one_line_and_changes_no_stage(tmp_path):
+    raw = tiny_raw()
+    raw["description"] = "What this grid\n  is for:\tdecay <b>at</b> 40 steps."
+    grid = load_grid(write(tmp_path, raw))
+    assert grid.description == "What this grid is for: decay <b>at</b> 40 steps."
+    assert list(expand(grid).stages) == list(expand(load_grid(TINY)).stages)  # words, not settings
+    raw["description"] = ["not", "text"]
+    with pytest.raises(ConfigError, match="description"):
+        load_grid(write(tmp_path, raw, "bad.yaml"))

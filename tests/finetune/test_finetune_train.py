@@ -210,6 +210,9 @@ def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     assert [p["step"] for p in trajectory] == [0, 2, 4, 5]
     assert all(0.0 <= p[m] <= 1.0 for p in trajectory for m in ("efficacy", "paraphrase", "neighborhood"))
     assert all(set(p["downstream"]) == {"boolq"} and 0.0 <= p["downstream_mean"] <= 1.0 for p in trajectory)
+    # the dose of fine-tuning at each point: training tokens seen, 0 before the first step, the run's total at the end
+    seen = [p["tokens"] for p in trajectory]
+    assert seen[0] == 0 and seen == sorted(seen) and seen[1] > 0 and seen[-1] == manifest["tokens"]
     assert (out / "adapter" / "adapter_config.json").exists()
     from transformers import AutoModelForCausalLM
 

@@ -370,3 +370,23 @@ def test_cli_contract(grid_store, tmp_path, capsys):
         assert title in text
     assert main(["report", str(tmp_path / "nope.db"), "--format", "text"]) == 1
     assert "results store not found" in capsys.readouterr().err
+
+
+def test_the_grid_description_heads_every_format_escaped(tmp_path, tiny_tok):
+    from editdecay.experiment.store import Store
+    from editdecay.report.api import build_report, write_report
+    from editdecay.report.render import render_text
+
+    store = build_store(tmp_path / "results.db", ft_data=str(write_corpus(tmp_path / "ft.jsonl")))
+    text = f"Strong edits at 40 steps; where decay starts: benchmarks/results/dose_response/ {XSS}"
+    with Store(store) as db:
+        db.register_plan("demo", [], [], [], description="an older description")
+        db.register_plan("demo", [], [], [], description=text)  # the latest registration wins
+    assert build_report(store, with_figures=False).about == [("demo", text)]
+    out = tmp_path / "rep"
+    write_report(store, out, with_figures=False)
+    html_text = (out / "report.html").read_text()
+    assert XSS not in html_text and "dose_response/ &lt;script&gt;alert(1)&lt;/script&gt;" in html_text
+    md = (out / "report.md").read_text()
+    assert "**demo**: Strong edits at 40 steps" in md and XSS not in md
+    assert render_text(build_report(store, with_figures=False)).splitlines()[2].startswith("demo: Strong edits")

@@ -105,7 +105,7 @@ def run_grid(
         db.register_plan(plan.grid.name, [r.row(r.values | {"edit": r.edit_hparams, "finetune": r.finetune})
                                           for r in plan.runs],
                          [{**spec.to_dict(), "artifact": str(artifacts[sid])} for sid, spec in plan.stages.items()],
-                         plan.records)
+                         plan.records, description=plan.grid.description)
         interrupted = db.reset_interrupted()
         if interrupted:
             log(f"{interrupted} stage(s) were interrupted by a previous runner; resuming them")

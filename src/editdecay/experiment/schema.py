@@ -42,6 +42,7 @@ from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.facts import key_error, model_facts
 from editdecay.experiment.store import STAGE_KINDS  # the stage kinds: defined once
 from editdecay.groups import GROUPS  # the four groups: defined once
+from editdecay.preserve import STRATEGIES as PRESERVE  # the preserve strategies: defined once
 from editdecay.util.io import stable_hash
 
 METHODS = method_names()  # the method registry (editdecay.edit.registry)
@@ -50,7 +51,6 @@ AXES = {  # YAML key -> the run field it fills
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",
     "preserve": "preserve",
 }
-PRESERVE = ("none", "freeze", "nullspace", "replay", "reedit")  # editdecay.preserve strategies (docs/preserve.md)
 TOP_KEYS = set(AXES) | {"name", "description", "workdir", "edit", "finetune", "evaluate", "overrides", "resources",
                         "model_info", "stats", "keep", "slices", "groups", "dtype", "device"}
 KEEP_KINDS = ("edit", "finetune")
@@ -79,6 +79,7 @@ class Grid:
     resources: dict[str, dict[str, float]]
     model_info: dict[str, dict[str, Any]]  # model -> {"num_layers", "params"} (read from config.json)
     workdir: str | None = None
+    description: str = ""  # what the grid is for, in words; shown at the top of its report
     keep: tuple[str, ...] = ()  # stage kinds that keep a full model copy ("edit", "finetune")
     slices: list[dict[str, list[Any]]] = field(default_factory=list)  # each: the axes of one product
     groups: tuple[str, ...] = GROUPS  # which of the four models each run measures
@@ -129,7 +130,8 @@ def parse_grid(raw: Any, path: str = "<grid>", check_models: bool = True) -> Gri
     grid = Grid(name=name, path=path, axes=axes, edit=_mapping(path, "edit", raw.get("edit")),
                 finetune=_parse_finetune(path, raw), evaluate=_parse_evaluate(path, raw),
                 overrides=_parse_overrides(path, raw), resources=_parse_resources(path, raw),
-                model_info=model_info, workdir=raw.get("workdir"), keep=_parse_keep(path, raw), slices=slices,
+                model_info=model_info, workdir=raw.get("workdir"), description=_parse_description(path, raw),
+                keep=_parse_keep(path, raw), slices=slices,
                 groups=_parse_groups(path, raw), dtype=_parse_dtype(path, raw), device=_parse_device(path, raw))
     _check_finetune_configs(grid)
     for d in dict.fromkeys([*axes["ft_data"], *(d for sl in slices for d in sl["ft_data"])]):
@@ -168,6 +170,13 @@ def _check_top_keys(path: str, raw: Any) -> None:
     unknown = sorted(set(map(str, raw)) - TOP_KEYS)
     if unknown:
         raise key_error(path, unknown[0], f"unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+
+
+def _parse_description(path: str, raw: dict[str, Any]) -> str:
+    text = raw.get("description") or ""
+    if not isinstance(text, str):
+        raise key_error(path, "description", "must be text (what the grid is for, shown in its report)")
+    return " ".join(text.split())
 
 
 def _parse_name(path: str, raw: dict[str, Any]) -> str:

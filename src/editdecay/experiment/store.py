@@ -147,10 +147,16 @@ class Store:
     # registration (idempotent: a re-run of the same grid finds its rows)
 
     def register_plan(self, grid_name: str, runs: list[dict[str, Any]], stages: list[dict[str, Any]],
-                      records: list[dict[str, Any]]) -> None:
-        """Insert runs, stages, run->stage links and edit records in one transaction; existing rows are kept."""
+                      records: list[dict[str, Any]], description: str = "") -> None:
+        """Insert runs, stages, run->stage links and edit records in one transaction; existing rows are kept.
+
+        The grid's description (what it is for) is kept under ``meta['grid_description:<name>']``, the latest
+        one registered, so the report can say what the grid set out to show.
+        """
         now = time.time()
         with self.transaction() as c:
+            if description:
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"grid_description:{grid_name}", description))
             for st in stages:
                 c.execute(
                     "INSERT OR IGNORE INTO stages (stage_id, kind, status, config_json, artifact, attempts, deps_json)"

@@ -144,7 +144,8 @@ class DecayTracker:
         self.points = [p for p in self.points if p["step"] <= step]
         atomic_write_json(self.path, self.points)
 
-    def evaluate(self, model: nn.Module, step: int) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, step: int, tokens: int | None = None) -> dict[str, Any]:
+        """Score the tracked edits at ``step``; ``tokens``: training tokens seen so far (the dose of fine-tuning)."""
         from editdecay.evaluate.api import evaluate_edits
 
         was_training = model.training
@@ -153,6 +154,8 @@ class DecayTracker:
             with torch.no_grad():
                 result = evaluate_edits(model, self.tokenizer, self.records)
                 point: dict[str, Any] = {"step": step}
+                if tokens is not None:
+                    point["tokens"] = tokens
                 point.update({k: v for k, v in result["summary"].items() if isinstance(v, (int, float))})
                 if self.downstream_tasks:
                     from editdecay.evaluate.api import evaluate_downstream
@@ -284,7 +287,7 @@ def train(
     if tracker is not None:
         tracker.truncate(start)
         if start == 0:
-            tracker.evaluate(eval_model or model, 0)
+            tracker.evaluate(eval_model or model, 0, tokens=0)
 
     def counters(step: int) -> dict[str, Any]:
         return {"step": step, "tokens": tokens, "loss_tokens": loss_tokens, "train_seconds": train_seconds}
@@ -346,7 +349,7 @@ def train(
                 if completed % cfg.log_every == 0 or completed == total:
                     bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / train_seconds:.0f}")
                 if tracker is not None and ((cfg.eval_every and completed % cfg.eval_every == 0) or completed == total):
-                    tracker.evaluate(eval_model or model, completed)
+                    tracker.evaluate(eval_model or model, completed, tokens=tokens)
                 if completed % cfg.checkpoint_every == 0 and completed < total:
                     save_checkpoint(work_dir, named, optimizer, counters(completed))
                 if on_step is not None:

@@ -47,7 +47,7 @@ def build_report(results: str | os.PathLike | Results, with_figures: bool = True
     notes.append(f"Significance level {alpha}; across-run tests need at least {min_pairs} paired runs, otherwise "
                  f"per-edit McNemar tests are used. An edit succeeds when its per-record {tables.SUCCESS_RULE}.")
     return render.Report("Do edits survive fine-tuning? — editdecay report", res.path, _overview(res), findings,
-                         all_tables, figures, notes)
+                         all_tables, figures, notes, about=sorted(res.descriptions.items()))
 
 
 def write_report(results: str | os.PathLike | Results, out: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:

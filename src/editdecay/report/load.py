@@ -111,6 +111,7 @@ class Results:
     target_frequency: dict[str, dict[str, int]] = field(default_factory=dict)  # ft_data -> target -> count
     activation_shift: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # ft_stage_id -> rows
     analyses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)  # (analysis, subject) -> (status, note)
+    descriptions: dict[str, str] = field(default_factory=dict)  # grid name -> what the grid is for (its YAML)
 
     def eval_id(self, run: Run, grp: str) -> str | None:
         return self.groups.get(run.run_id, {}).get(grp)
@@ -299,6 +300,10 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
                   {k: dict(v) for k, v in record_metrics.items()}, dict(downstream), trajectories,
                   dict(run_stages), records, notes)
     _load_analyses(conn, tables, path, res)
+    if "meta" in tables:
+        prefix = "grid_description:"
+        for key, value in conn.execute("SELECT key, value FROM meta WHERE key LIKE 'grid_description:%' ORDER BY key"):
+            res.descriptions[str(key)[len(prefix):]] = str(value or "")
     return res
 
 

@@ -30,6 +30,7 @@ class Report:
     tables: list[Table]
     figures: list[Figure | Skipped]
     notes: list[str] = field(default_factory=list)
+    about: list[tuple[str, str]] = field(default_factory=list)  # (grid name, its description)
 
 
 # --- escaping ---------------------------------------------------------------------------------------------
@@ -159,7 +160,9 @@ def render_html(report: Report) -> str:
              f"<title>{esc_html(report.title)}</title>", f"<style>{_CSS}</style></head><body>",
              f"<h1>{esc_html(report.title)}</h1>", "<dl>"]
     parts += [f"<dt>{esc_html(k)}</dt><dd>{esc_html(v)}</dd>" for k, v in report.overview]
-    parts.append("</dl><h2>Findings</h2>")
+    parts.append("</dl>")
+    parts += [f'<p class="about"><b>{esc_html(name)}</b>: {esc_html(text)}</p>' for name, text in report.about]
+    parts.append("<h2>Findings</h2>")
     for f in report.findings:
         cls = f.verdict.replace(" ", "-")
         parts.append(f'<div class="finding"><span class="verdict {esc_html(cls)}">{esc_html(f.verdict)}</span> '
@@ -205,6 +208,8 @@ def table_md(table: Table) -> str:
 def render_markdown(report: Report, figure_dir: str = "figures") -> str:
     out = [f"# {esc_md(report.title)}", ""]
     out += [f"- **{esc_md(k)}**: {esc_md(v)}" for k, v in report.overview]
+    for name, text in report.about:
+        out += ["", f"**{esc_md(name)}**: {esc_md(text)}"]
     out += ["", "## Findings", ""]
     out += [f"- **{esc_md(f.verdict)}**: {esc_md(f.claim)}. {esc_md(f.evidence)}" for f in report.findings]
     out += ["", "## Tables", ""]
@@ -252,6 +257,7 @@ def table_text(table: Table, max_width: int = 40) -> str:
 
 def render_text(report: Report, table_names: tuple[str, ...] | None = None) -> str:
     out = [_clean(report.title), ""]
+    out += [_clean(f"{name}: {text}") + "\n" for name, text in report.about]
     out += [f"[{f.verdict}] {_clean(f.claim)}\n    {_clean(f.evidence)}" for f in report.findings]
     for table in report.tables:
         if table_names is None or table.name in table_names:
