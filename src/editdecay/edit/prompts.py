@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from editdecay.data.records import EditRecord
-from editdecay.data.tokens import continuation, special_prefix
+from editdecay.data.tokens import continuation, pad_token_id, special_prefix
 from editdecay.edit.hooks import model_device
 from editdecay.errors import ConfigError, DataError, NumericalError
 
@@ -115,7 +115,7 @@ def context_templates(model: nn.Module, tok: Any, length_params: Sequence[Sequen
     groups: list[list[str]] = [["{}"]]
     enc = Encoder(tok)
     device = model_device(model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_token_id(tok)
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]), torch.no_grad():
         torch.manual_seed(seed)
         for length, count in length_params:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editdecay.data.tokens import special_prefix
+from editdecay.data.tokens import pad_token_id, special_prefix
 from editdecay.edit.hooks import frozen, hidden_arg, model_device
 from editdecay.edit.stats_cache import StatsCache, budget_label, cache_key, legacy_short, model_layer_hashes
 from editdecay.edit.stats_text import DEFAULT_CORPORA, Corpus, WindowStream, window_batches
@@ -258,7 +258,7 @@ def second_moments(
         stream = WindowStream(tok, corpus, seq_len, None if unit == "samples" else n_tokens, n_samples)
         pad_id = None
         if unit == "samples":
-            pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+            pad_id = pad_token_id(tok)
         with frozen(model):
             sums, used = _collect(model, adapter, stream, missing, acc, batch_size, progress, pad_id,
                                   total=n_tokens if unit == "tokens" else None)
@@ -323,7 +323,7 @@ def second_moments_per_layer(
     """The reference code's way: for each layer its own pass over the text (re-tokenised), stopping at that
     layer. Same numbers as :func:`second_moments`, several times the work; no cache."""
     acc = getattr(torch, accum_dtype)
-    pad_id = None if n_samples is None else (tok.pad_token_id if tok.pad_token_id is not None else 0)
+    pad_id = None if n_samples is None else pad_token_id(tok)
     out = {}
     corpus = Corpus(list(corpora))
     with frozen(model):

@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from editdecay.data.corpora import COMMONSENSE_TASKS, MCItem, alpaca_prompt, canonical_task, load_commonsense
-from editdecay.data.tokens import continuation
+from editdecay.data.tokens import continuation, pad_token_id
 from editdecay.errors import ConfigError
 from editdecay.evaluate.scoring import score_alternatives
 
@@ -98,7 +98,7 @@ def predict_generate(model: nn.Module, tok: Any, items: Sequence[MCItem], batch_
             enc = tok([alpaca_prompt(it.instruction) for it in chunk], return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+                                     pad_token_id=pad_token_id(tok))
             for it, row in zip(chunk, out[:, enc["input_ids"].shape[1]:], strict=True):
                 preds.append(extract_label(tok.decode(row, skip_special_tokens=True), it.labels))
             if bar is not None:

@@ -31,7 +31,7 @@ import numpy as np
 from torch import nn
 
 from editdecay.data.records import EditRecord
-from editdecay.data.tokens import continuation
+from editdecay.data.tokens import continuation, pad_token_id
 from editdecay.errors import DataError
 from editdecay.evaluate.scoring import TokenScores, score_alternatives
 
@@ -180,7 +180,7 @@ def fluency(model: nn.Module, tok: Any, records: Sequence[EditRecord], max_new_t
             enc = tok([p for _, p in chunk], return_tensors="pt", padding=True).to(device)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
+                                     pad_token_id=pad_token_id(tok))
             for (case_id, prompt), row in zip(chunk, out[:, enc["input_ids"].shape[1]:], strict=True):
                 # ROME measures the whole text it generated: the prompt followed by the generation
                 texts.setdefault(case_id, []).append(prompt + tok.decode(row, skip_special_tokens=True))

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editdecay.data.tokens import continuation, special_prefix  # noqa: F401 - continuation is re-exported
+from editdecay.data.tokens import continuation, pad_token_id, special_prefix  # noqa: F401 - continuation is re-exported
 from editdecay.errors import ConfigError, DataError
 
 
@@ -213,7 +213,7 @@ def score_continuations(
 ) -> list[TokenScores]:
     """Per-token log-probs of each continuation given its prompt, batched; results in input order."""
     items = tokenize_pairs(tok, pairs)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad_id = pad_token_id(tok)
     return score_token_ids(model, items, batch_size=batch_size, pad_id=pad_id, progress=progress, desc=desc)
 
 
@@ -252,7 +252,7 @@ def score_alternatives(
             cands[item].append(c_ids[-1])
             placement.append((item, len(cands[item]) - 1))
         plan.append(placement)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    pad_id = pad_token_id(tok)
     scores = score_token_ids(model, items, batch_size=batch_size, pad_id=pad_id, progress=progress, desc=desc,
                              candidates=cands)
     out = []

@@ -35,6 +35,7 @@ from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import TrainData, load_examples
 from editdecay.finetune.train import DecayTracker, train
 from editdecay.models.arch import get_adapter
+from editdecay.models.registry import set_pad_token
 from editdecay.preserve.strategy import Preserve
 from editdecay.util.env import library_versions, seed_everything
 from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
@@ -141,8 +142,7 @@ def finetune(
 
             model.to(device=resolve_device(device) if device is not None else None,
                      dtype=resolve_dtype(dtype) if dtype is not None else None)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer)
     # the edit folder being preserved also tells which layers are 'edited'
     edit_manifest, edit_manifest_path = _edit_manifest(track_edits, edit_dir if edit_dir is not None else
                                                        preserve_edits, model_dir)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from editdecay.data.corpora import TrainExample, load_finetune_corpus
+from editdecay.data.tokens import pad_token_id
 from editdecay.errors import DataError
 
 IGNORE_INDEX = -100
@@ -80,10 +81,7 @@ class TrainData:
         self.train_on_inputs = train_on_inputs
         self._encoded: dict[int, Encoded] = {}
         self._orders: dict[int, list[int]] = {}
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if pad is None:
-            raise DataError("tokenizer", "has neither a pad nor an EOS token to pad batches with")
-        self.pad_id = int(pad)
+        self.pad_id = pad_token_id(tokenizer)
 
     def __len__(self) -> int:
         return len(self.examples)

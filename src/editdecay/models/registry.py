@@ -203,6 +203,17 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def set_pad_token(tokenizer: Any) -> Any:
+    """Give a tokenizer without a pad token its EOS as one (so ``padding=True`` works); returns it.
+
+    The one place a tokenizer gains a pad token (``load_model``, and ``finetune`` for a tokenizer it is handed);
+    the id padded batches use is :func:`editdecay.data.tokens.pad_token_id`, the same fallback (pad, else EOS).
+    """
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -246,8 +257,7 @@ def load_model(
                 f"*.safetensors) instead. Registered models: {', '.join(sorted(REGISTRY))}."
             ) from None
         raise ModelError(f"cannot load model folder {source}: {exc}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    set_pad_token(tokenizer)
     model.eval()
     if device.type != "cpu":
         model.to(device)
