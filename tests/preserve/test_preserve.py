@@ -64,6 +64,26 @@ def edits(tmp_path_factory, tiny_tok):
     return out
 
 
+# AlphaEdit on the tiny model: a random model's C has every eigenvalue below the default 2e-2 (P = I, no null-space
+# constraint to check), so the threshold sits near the median eigenvalue (~1e-4) and a tiny α lets the solve reach z
+ALPHA = {**FAST, "nullspace_threshold": 1e-4, "L2": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def alphaedit_edit(tmp_path_factory, tiny_tok):
+    """A real AlphaEdit edit of layers 1-2 of the tiny Llama (the base folder beside it)."""
+    from editdecay.edit.api import edit_to_folder
+    from editdecay.models.tiny import tiny_model
+
+    root = tmp_path_factory.mktemp("alphaedit")
+    model, tok = tiny_model("llama", tokenizer=tiny_tok)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    edit_to_folder(str(root / "base"), RECORDS, root / "edit", method="alphaedit", hparams=ALPHA, stats_cache=False,
+                   targets_cache=False, progress=False, model=model, tok=tok)
+    return root / "edit"
+
+
 def _weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -161,6 +181,50 @@ def test_reedit_brings_the_edited_layer_back_to_its_target(edits, tmp_path, trai
     assert set(load_file(str(tmp_path / "reedit" / info["reedit_deltas"]))) == set(_rewritten(edit_dir))
 
 
+def test_reedit_of_an_alphaedit_edit_solves_in_its_null_space_and_brings_the_layer_back(alphaedit_edit, tmp_path,
+                                                                                        train_file):
+    """Re-editing an AlphaEdit edit uses AlphaEdit's rule over the base model's C: each re-solved ΔW leaves the span of
+    the preserved keys (C's eigenvectors at or above the threshold) untouched, ΔW = ΔW·P as the closed form
+    ΔW = R Kᵀ P (KKᵀP + αI)⁻¹ makes it (a MEMIT solve does not), and layer L's output returns to z."""
+    from editdecay.edit.keys import subject_pass
+    from editdecay.edit.prompts import Encoder, SubjectPrompts
+    from editdecay.edit.stats import second_moments
+    from editdecay.models.registry import load_model
+
+    edit_dir = alphaedit_edit
+    edited, tok = load_model(edit_dir)
+    spec = load_edit_spec(edit_dir, edited)
+    assert spec.method == "alphaedit"
+    prompts = SubjectPrompts.build(Encoder(tok), spec.requests(), spec.templates)
+
+    def h_last(model) -> torch.Tensor:
+        return subject_pass(model, get_adapter(model), prompts, key_layers=[2], z_layer=2).z_out
+
+    cfg = {**BASE, "data": train_file, "type": "full", "lr": 3e-3, "max_steps": 4}
+    finetune(str(edit_dir), cfg, tmp_path / "plain", progress=False)
+    manifest = finetune(str(edit_dir), {**cfg, "preserve_strategy": "reedit", "reedit_z": "edited",
+                                        "reedit_reoptimise": False},
+                        tmp_path / "reedit", preserve_edits=edit_dir, progress=False)
+    target = h_last(edited)  # reedit_z=edited: z is what the edited model reached
+    drift = float((h_last(load_model(tmp_path / "plain")[0]) - target).norm())
+    back = float((h_last(load_model(tmp_path / "reedit")[0]) - target).norm())
+    assert drift > 0 and back < 0.2 * drift, (drift, back, manifest["preserve"]["reedit"])
+
+    base, base_tok = load_model(edit_dir.parent / "base")
+    adapter = get_adapter(base)
+    cov = second_moments(base, base_tok, adapter, ALPHA["layers"], n_tokens=ALPHA["mom2_n_tokens"],
+                         seq_len=ALPHA["mom2_seq_len"], cache=None).cov
+    deltas = load_file(str(tmp_path / "reedit" / manifest["preserve"]["reedit_deltas"]))
+    assert set(deltas) == set(_rewritten(edit_dir))
+    for layer in ALPHA["layers"]:
+        eigvals, eigvecs = torch.linalg.eigh(cov[layer])
+        kept = eigvecs[:, eigvals >= ALPHA["nullspace_threshold"]]  # the preserved keys' span, P's complement
+        assert len(RECORDS) < kept.shape[1] < kept.shape[0] - len(RECORDS), kept.shape  # a real constraint
+        dw = adapter.as_out_in(deltas[adapter.rewrite_name(layer) + ".weight"]).double()
+        assert float(dw.norm()) > 0
+        assert float((dw @ kept).norm()) < 1e-5 * float(dw.norm()), layer
+
+
 def test_cli_contract_and_bad_input(edits, tmp_path, train_file, capsys):
     edit_dir = edits["gpt2"]
     argv = ["finetune", "--model", str(edit_dir), "--type", "lora", "--data", train_file, "--max-steps", "2",
@@ -179,3 +243,13 @@ def test_cli_contract_and_bad_input(edits, tmp_path, train_file, capsys):
     not_edit.mkdir()
     assert cli_main(argv[:-3] + ["--preserve-edits", str(not_edit), "--out", str(tmp_path / "c"), "--no-progress"]) == 1
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_the_grid_and_the_finetune_config_read_one_list_of_strategies():
+    from editdecay.experiment import schema
+    from editdecay.finetune.config import FinetuneConfig
+    from editdecay.preserve import STRATEGIES
+
+    assert schema.PRESERVE is STRATEGIES
+    with pytest.raises(ConfigError, match="preserve_strategy.*" + ", ".join(STRATEGIES)):
+        FinetuneConfig.from_dict({"type": "lora", "preserve_strategy": "pin"}).validate()

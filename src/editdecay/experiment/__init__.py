@@ -7,7 +7,8 @@ estimates) ; ``stages`` (what each stage kind computes) -> ``execute`` (run one 
 ``ray``: where stages run) -> ``runner`` (run_grid: the driver loop) ; ``export`` (a stage as a model folder);
 ``grid`` re-exports load_grid/parse_grid/expand for users.
 
-May import: every pipeline stage below it (models, data, edit, finetune, evaluate), :mod:`editdecay.artifacts`,
+May import: every pipeline stage below it (models, data, edit, preserve — its strategy names —, finetune,
+evaluate), :mod:`editdecay.artifacts`,
 :mod:`editdecay.groups` (the four groups, shared with the report), :mod:`editdecay.util` and
 :mod:`editdecay.errors`; never report, commands or api.
 """

@@ -14,7 +14,8 @@ Where it sits: between ``edit``/``evaluate`` and ``finetune``. It may import ``m
 ``evaluate``, :mod:`editdecay.artifacts` (the edit manifest), :mod:`editdecay.stats` (the success threshold) and
 ``util``; ``finetune`` imports it, and it never imports ``finetune`` (a strategy gets the
 model, tokenizer and edit folder it works on as arguments), so no two modules import each other.
-This module itself imports nothing heavy: the config layer reads :data:`STRATEGIES` from it.
+This module itself imports nothing heavy: the fine-tuning config and the grid schema (its ``preserve`` axis) read
+:data:`STRATEGIES` from it.
 """
 
 STRATEGIES = ("none", "freeze", "nullspace", "replay", "reedit")
