@@ -128,3 +128,46 @@ def test_gemma3_second_registered_model():
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
     assert tok.decode(out[0, ids.input_ids.shape[1]:]).startswith(" Paris")
+
+
+def _fake_conversion(tmp_path, make_tiny):
+    """A tiny float32 folder laid out like a registered model's GGUF conversion (files + marker)."""
+    model, tok = make_tiny("llama", n_layers=2)
+    folder = tmp_path / "models" / "tiny-registered"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": registry.sha256_file(p)} for p in sorted(folder.iterdir())}
+    (folder / registry.MARKER).write_text(json.dumps({"name": "tiny-registered", "source_sha256": "0" * 64,
+                                                      "architecture": "llama", "files": files}))
+    return folder, model
+
+
+def test_a_registered_model_is_stored_once_in_the_dtype_it_loads_in(tmp_path, make_tiny):
+    folder, model = _fake_conversion(tmp_path, make_tiny)
+    loaded, _ = registry.load_model(folder, dtype="bfloat16")
+    copy = tmp_path / "models" / "tiny-registered@bfloat16"
+    assert (copy / registry.MARKER).exists() and (copy / "model.safetensors").stat().st_size < \
+        0.6 * (folder / "model.safetensors").stat().st_size
+    want = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == torch.bfloat16 and torch.equal(value, want[key]), key  # the same cast, bit for bit
+    stamp = (copy / "model.safetensors").stat().st_mtime_ns
+    registry.load_model(folder, dtype="bfloat16")
+    assert (copy / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert registry.in_dtype(folder, torch.float32) == folder  # float32 loads the converted files themselves
+    assert registry.in_dtype(copy, torch.float16) == copy  # a dtype copy is not copied again
+    # the float32 files change (a reconversion): the copy is rebuilt from them
+    marker = json.loads((folder / registry.MARKER).read_text())
+    marker["files"]["model.safetensors"]["sha256"] = "1" * 64
+    (folder / registry.MARKER).write_text(json.dumps(marker))
+    registry.load_model(folder, dtype="bfloat16")
+    assert json.loads((copy / registry.MARKER).read_text())["from_files"] == marker["files"]
+
+
+def test_a_plain_folder_loads_in_dtype_without_a_copy(tmp_path, make_tiny):
+    model, tok = make_tiny("llama", n_layers=1)
+    model.save_pretrained(tmp_path / "plain")
+    tok.save_pretrained(tmp_path / "plain")
+    loaded, _ = registry.load_model(tmp_path / "plain", dtype="bfloat16")
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
