@@ -10,11 +10,11 @@ import torch
 from helpers.edits import FAST, RECORDS
 from transformers import AutoModelForCausalLM
 
-from editdecay.artifacts import folder_form
+from editdecay.artifacts import folder_form, read_finetune_manifest, write_erase_manifest
 from editdecay.cli import main as cli_main
 from editdecay.edit.api import edit_to_folder
 from editdecay.edit.targets_cache import TargetCache
-from editdecay.errors import ModelError
+from editdecay.errors import ConfigError, DataError, ModelError
 from editdecay.finetune.api import finetune
 from editdecay.models.registry import load_model
 
@@ -97,3 +97,55 @@ def test_a_folder_of_no_known_form_is_refused_clearly(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"stage": "edit"}))
     with pytest.raises(ModelError, match="not a model folder"):
         load_model(tmp_path)
+
+
+FINETUNE_FIELDS = ["stage", "type", "layers", "modules", "target_modules", "trained_parameters",
+                   "trained_parameter_names", "n_trained", "base_model", "edit_manifest", "tracked_records", "data",
+                   "n_examples", "config", "learning_rate", "run_hash", "identity", "steps", "resumed_from", "tokens",
+                   "loss_tokens", "final_loss", "timings", "versions", "seed", "dtype", "trajectory", "form"]
+
+
+def test_finetune_manifest_fields_in_order_read_back_and_checked(folders, tmp_path):
+    """The fine-tune folder's manifest (artifacts.write_finetune_manifest): docs/design.md's fields in order, read
+    back by read_finetune_manifest (a rerun of the same run returns it), bad fields named with the file."""
+    cfg = dict(FT, type="lora", data=folders["corpus"], max_steps=2)
+    out = tmp_path / "ft"
+    manifest = finetune(str(folders["deltas"]), cfg, out, track_edits=folders["deltas"], progress=False)
+    assert list(manifest) == FINETUNE_FIELDS
+    assert list(manifest["timings"]) == ["train_seconds", "tokens_per_s", "total_seconds"]
+    assert manifest["trajectory"] == "trajectory.json" and manifest["form"] == "model"
+    assert manifest["n_trained"] == sum(manifest["trained_parameters"].values()) > 0
+    on_disk = (out / "manifest.json").read_text()
+    assert read_finetune_manifest(out) == json.loads(on_disk) == manifest
+    assert finetune(str(folders["deltas"]), cfg, out, track_edits=folders["deltas"], progress=False) == manifest
+    assert (out / "manifest.json").read_text() == on_disk  # not trained or written again
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for change, field in (({"stage": "edit"}, "stage"), ({"layers": [1, "2"]}, "layers"), ({"form": "deltas"}, "form"),
+                          ({"base_model": None}, "base_model"), ({"run_hash": 3}, "run_hash")):
+        (bad / "manifest.json").write_text(json.dumps({**manifest, **change}))
+        with pytest.raises(DataError, match=rf"bad/manifest.json, field '{field}'"):
+            read_finetune_manifest(bad)
+    # an edit folder where the fine-tune goes is refused as what it is
+    with pytest.raises(ConfigError, match="holds something that is not a fine-tune folder"):
+        finetune(str(folders["deltas"]), cfg, folders["full"], progress=False)
+    assert not (folders["full"] / "adapter").exists()
+
+
+def test_erase_manifest_is_written_as_given_and_its_contract_checked(tmp_path):
+    manifest = {"stage": "erase", "model": "m", "base": None, "records_source": "r.jsonl", "located_layers": [1, 2],
+                "mode": "records", "strategy": "project", "n_records": 3, "held_before": 3, "erased": 2,
+                "still_holding": 1, "seconds": 0.5}
+    assert write_erase_manifest(tmp_path, manifest) is manifest
+    assert list(json.loads((tmp_path / "manifest.json").read_text())) == list(manifest)
+    weights_only = {"stage": "erase", "records_source": None, "located_layers": [3]}  # nothing counted: no counts
+    write_erase_manifest(tmp_path / "w", weights_only)
+    for change, field in (({"stage": "edit"}, "stage"), ({"located_layers": [1.0]}, "located_layers"),
+                          ({"located_layers": None}, "located_layers"), ({"erased": None}, "erased"),
+                          ({"still_holding": True}, "still_holding")):
+        with pytest.raises(DataError, match=rf"b/manifest.json, field '{field}'"):
+            write_erase_manifest(tmp_path / "b", {**manifest, **change})
+    with pytest.raises(DataError, match="field 'still_holding'"):  # records given: both counts are part of it
+        write_erase_manifest(tmp_path / "b", {k: v for k, v in manifest.items() if k != "still_holding"})
+    assert not (tmp_path / "b" / "manifest.json").exists()

@@ -11,8 +11,9 @@ A grid stage's folder also holds ``_stage.json`` (:data:`MARKER`), written last:
 ``model`` names the model the folder stands for (``"."`` = the folder itself).
 
 This module knows the file names and manifest fields: it is their typed reader (every reader's error names the
-file and the field) and the writer of the edit folder's deltas and manifest and of the stage marker. It imports
-nothing from the stages (models/ calls it).
+file and the field) and the writer of the edit folder's deltas and manifest, of the fine-tune folder's manifest,
+of the erase output folder's manifest (its contract checked) and of the stage marker. It imports nothing from the
+stages (models/ calls it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ REEDIT_DELTAS = "preserve_reedit_deltas.safetensors"  # fine-tune folder, preser
 MARKER = "_stage.json"  # grid stage folder: written last, once the stage is finished
 EVALUATION = "evaluation.json"  # grid evaluate stage: the evaluation JSON
 FORMS = ("model", "edit-deltas", "adapter")
+FINETUNE_FORMS = ("model", "adapter")  # a fine-tune manifest's "form": merged weights beside it, or adapter only
 
 
 def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[str, Any]:
@@ -217,6 +219,134 @@ def write_edit_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fine-tune folders: the manifest
+
+
+def write_finetune_manifest(
+    folder: str | os.PathLike,
+    *,
+    type: str,
+    layers: list[int],
+    modules: list[str],
+    target_modules: list[str],
+    trained: list[tuple[str, int]],
+    trained_per_layer: dict[str, int],
+    base_model: str,
+    edit_manifest: str | None,
+    tracked_records: int,
+    data: str,
+    n_examples: int,
+    config: dict[str, Any],
+    learning_rate: float,
+    run_hash: str,
+    identity: dict[str, Any],
+    steps: int,
+    resumed_from: int | None,
+    tokens: int,
+    loss_tokens: int,
+    final_loss: float | None,
+    train_seconds: float,
+    total_seconds: float,
+    seed: int,
+    dtype: Any,
+    tracked: bool,
+    form: str,
+    preserve: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``folder/manifest.json`` of a fine-tune folder (docs/design.md's fields, in this order) atomically and
+    return it. ``trained`` is the trained parameters as (name, number of scalars), ``trained_per_layer`` their
+    counts per layer; ``tracked``: the folder holds :data:`TRAJECTORY`; ``form`` is 'model' (merged weights
+    beside it) or 'adapter' (adapter only); ``preserve`` the preserve strategy's record, when one ran."""
+    from editdecay.util.env import library_versions
+    from editdecay.util.io import atomic_write_json
+
+    if form not in FINETUNE_FORMS:
+        raise ValueError(f"fine-tune folder form {form!r}: expected one of {', '.join(FINETUNE_FORMS)}")
+    manifest: dict[str, Any] = {
+        "stage": "finetune",
+        "type": type,
+        "layers": layers,
+        "modules": modules,
+        "target_modules": target_modules,
+        "trained_parameters": trained_per_layer,
+        "trained_parameter_names": [name for name, _ in trained],
+        "n_trained": sum(n for _, n in trained),
+        "base_model": base_model,
+        "edit_manifest": edit_manifest,
+        "tracked_records": tracked_records,
+        "data": data,
+        "n_examples": n_examples,
+        "config": config,
+        "learning_rate": learning_rate,
+        "run_hash": run_hash,
+        "identity": identity,
+        "steps": steps,
+        "resumed_from": resumed_from,
+        "tokens": tokens,
+        "loss_tokens": loss_tokens,
+        "final_loss": final_loss,
+        "timings": {"train_seconds": train_seconds, "tokens_per_s": tokens / train_seconds if train_seconds else None,
+                    "total_seconds": total_seconds},
+        "versions": library_versions(),
+        "seed": seed,
+        "dtype": str(dtype).replace("torch.", ""),
+        "trajectory": TRAJECTORY if tracked else None,
+        "form": form,
+    }
+    if preserve is not None:
+        manifest["preserve"] = preserve
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_finetune_manifest(folder: str | os.PathLike, missing: str | None = None) -> dict[str, Any]:
+    """A fine-tune folder's manifest, checked: ``stage`` (finetune), ``layers`` (integers), ``form`` (model or
+    adapter, when given), ``base_model`` and ``run_hash`` (text). ``missing``: the message when there is none."""
+    path = Path(folder) / MANIFEST
+    manifest = _read_object(path, missing or "no fine-tune manifest here: pass a folder written by `editdecay finetune`")
+    if manifest.get("stage") != "finetune":
+        raise DataError(str(path), f"not a fine-tune manifest (expected \"stage\": \"finetune\", got "
+                        f"{manifest.get('stage')!r})", field="stage")
+    layers = manifest.get("layers")
+    if not isinstance(layers, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in layers):
+        raise DataError(str(path), "expected a list of integer layer indices", field="layers")
+    if manifest.get("form", "model") not in FINETUNE_FORMS:
+        raise DataError(str(path), f"expected one of {', '.join(FINETUNE_FORMS)}, got {manifest['form']!r}",
+                        field="form")
+    for key in ("base_model", "run_hash"):
+        if not isinstance(manifest.get(key), str) or not manifest[key]:
+            raise DataError(str(path), "expected text", field=key)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# erase folders: the manifest
+
+
+def write_erase_manifest(folder: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``folder/manifest.json`` of an erase output folder (docs/erase.md) atomically, as given, and return it,
+    after checking its contract (errors name the file and the field): ``stage`` "erase", ``located_layers`` a
+    list of integers, and ``erased`` / ``still_holding`` counts whenever records were given (``records_source``)
+    or either is present. The other fields depend on the mode and strategy and are written in the caller's order."""
+    from editdecay.util.io import atomic_write_json
+
+    path = Path(folder) / MANIFEST
+    if manifest.get("stage") != "erase":
+        raise DataError(str(path), f"expected \"stage\": \"erase\", got {manifest.get('stage')!r}", field="stage")
+    located = manifest.get("located_layers")
+    if not isinstance(located, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in located):
+        raise DataError(str(path), f"expected a list of integer layer indices, got {located!r}",
+                        field="located_layers")
+    counted = manifest.get("records_source") is not None or "erased" in manifest or "still_holding" in manifest
+    for key in ("erased", "still_holding") if counted else ():
+        value = manifest.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise DataError(str(path), f"expected a count of edits (an integer >= 0), got {value!r}", field=key)
+    atomic_write_json(path, manifest)
     return manifest
 
 

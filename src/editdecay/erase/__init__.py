@@ -13,5 +13,6 @@ Three situations, one module each:
 - ``api``: ``erase`` and ``inspect_edits``, which write the output folder and its manifest.
 
 This package sits above the pipeline stages: it may import ``models``, ``data``, ``edit``, ``finetune``,
-``evaluate`` and ``util``, never ``report`` or ``experiment``.
+``evaluate``, :mod:`editdecay.artifacts` (the output folder's manifest), :mod:`editdecay.stats` (the success
+threshold) and ``util``, never ``report`` or ``experiment``.
 """

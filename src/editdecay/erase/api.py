@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from editdecay.artifacts import MANIFEST
+from editdecay.artifacts import write_erase_manifest
 from editdecay.erase import locate, reverse, trace
 from editdecay.errors import ConfigError, ModelError
 from editdecay.models.arch import get_adapter
@@ -137,7 +137,7 @@ def erase(
 ) -> dict[str, Any]:
     """Find and remove edits; write ``out_dir`` (model folder + ``manifest.json``) and return the manifest."""
     from editdecay.evaluate.api import evaluate_downstream, load_records_arg
-    from editdecay.util.io import atomic_dir, atomic_write_json
+    from editdecay.util.io import atomic_dir
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -220,7 +220,7 @@ def erase(
     with atomic_dir(out) as tmp:
         m.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / MANIFEST, manifest)
+        write_erase_manifest(tmp, manifest)
     return manifest
 
 

@@ -27,6 +27,8 @@ from editdecay.artifacts import (
     edit_records,
     is_edit_folder,
     read_edit_manifest,
+    read_finetune_manifest,
+    write_finetune_manifest,
 )
 from editdecay.artifacts import TRAIN_LOG as LOG
 from editdecay.errors import ConfigError, DataError
@@ -37,7 +39,7 @@ from editdecay.finetune.train import DecayTracker, train
 from editdecay.models.arch import get_adapter
 from editdecay.models.registry import set_pad_token
 from editdecay.preserve.strategy import Preserve
-from editdecay.util.env import library_versions, seed_everything
+from editdecay.util.env import seed_everything
 from editdecay.util.io import atomic_dir, atomic_write_json, read_json, stable_hash
 
 
@@ -72,9 +74,11 @@ def _tracked_records(manifest: dict[str, Any], source: str) -> list:
 def _prepare_dirs(out: Path, work: Path, run_hash: str, overwrite: bool) -> dict[str, Any] | None:
     """Refuse folders of a different run; return the manifest when this exact run is already finished."""
     if out.exists():
-        manifest_path = out / MANIFEST
-        manifest = read_json(manifest_path) if manifest_path.exists() else None
-        if isinstance(manifest, dict) and manifest.get("run_hash") == run_hash and not overwrite:
+        try:
+            manifest: dict[str, Any] | None = read_finetune_manifest(out)
+        except DataError:
+            manifest = None
+        if manifest is not None and manifest["run_hash"] == run_hash and not overwrite:
             return manifest
         if not overwrite:
             what = "a different fine-tuning run" if manifest is not None else "something that is not a fine-tune folder"
@@ -201,37 +205,8 @@ def finetune(
     result = train(train_module, data, cfg, work, eval_model=model, tracker=tracker, progress=progress,
                    on_step=on_step, after_update=preserve.after_update if preserve is not None else None)
 
-    manifest = {
-        "stage": "finetune",
-        "type": cfg.type,
-        "layers": selection.layers,
-        "modules": selection.projections,
-        "target_modules": selection.module_names,
-        "trained_parameters": sel.count_per_layer(trained, adapter),
-        "trained_parameter_names": [n for n, _ in trained],
-        "n_trained": sum(n for _, n in trained),
-        "base_model": base_model,
-        "edit_manifest": edit_manifest_path,
-        "tracked_records": len(records) if records is not None else 0,
-        "data": cfg.data,
-        "n_examples": len(examples),
-        "config": cfg.to_dict(),
-        "learning_rate": cfg.learning_rate,
-        "run_hash": run_hash,
-        "identity": identity,
-        "steps": result.steps,
-        "resumed_from": result.resumed_from,
-        "tokens": result.tokens,
-        "loss_tokens": result.loss_tokens,
-        "final_loss": result.final_loss,
-        "timings": {"train_seconds": result.train_seconds,
-                    "tokens_per_s": result.tokens / result.train_seconds if result.train_seconds else None},
-        "versions": library_versions(),
-        "seed": cfg.seed,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),  # bf16 trains via float32 masters
-        "trajectory": TRAJECTORY if tracker is not None else None,
-    }
-    manifest["form"] = "adapter" if adapter_only and cfg.type != "full" else "model"
+    form = "adapter" if adapter_only and cfg.type != "full" else "model"
+    dtype_trained = next(model.parameters()).dtype  # bf16 trains via float32 masters
     with atomic_dir(out) as tmp:
         if cfg.type == "full":
             if preserve is not None:
@@ -244,15 +219,23 @@ def finetune(
                 if preserve is not None:
                     preserve.after_training(merged, tokenizer, progress)  # reedit writes into the merged weights
                 merged.save_pretrained(tmp)
-        if not manifest["form"] == "adapter":
+        if form != "adapter":
             tokenizer.save_pretrained(tmp)
         shutil.copy2(work / LOG, tmp / LOG)
         if tracker is not None:
             shutil.copy2(work / TRAJECTORY, tmp / TRAJECTORY)
-        manifest["timings"]["total_seconds"] = time.time() - started
+        total_seconds = time.time() - started
         if preserve is not None:
             preserve.write(tmp)
-            manifest["preserve"] = preserve.manifest()
-        atomic_write_json(tmp / MANIFEST, manifest)
+        manifest = write_finetune_manifest(
+            tmp, type=cfg.type, layers=selection.layers, modules=selection.projections,
+            target_modules=selection.module_names, trained=trained,
+            trained_per_layer=sel.count_per_layer(trained, adapter), base_model=base_model,
+            edit_manifest=edit_manifest_path, tracked_records=len(records) if records is not None else 0,
+            data=cfg.data, n_examples=len(examples), config=cfg.to_dict(), learning_rate=cfg.learning_rate,
+            run_hash=run_hash, identity=identity, steps=result.steps, resumed_from=result.resumed_from,
+            tokens=result.tokens, loss_tokens=result.loss_tokens, final_loss=result.final_loss,
+            train_seconds=result.train_seconds, total_seconds=total_seconds, seed=cfg.seed, dtype=dtype_trained,
+            tracked=tracker is not None, form=form, preserve=preserve.manifest() if preserve is not None else None)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
