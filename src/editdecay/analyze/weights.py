@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from editdecay.artifacts import DELTAS, MANIFEST, MODEL_CONFIG, folder_form
+from editdecay.artifacts import DELTAS, MANIFEST, MODEL_CONFIG, edited_layers, folder_form, read_edit_manifest
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -73,11 +73,11 @@ def _getter(tensor: Any) -> Any:
     return lambda: tensor.float()
 
 
-def edited_layers(edit_folder: str | os.PathLike) -> list[int]:
-    manifest = Path(edit_folder) / MANIFEST
-    if not manifest.exists():
+def _manifest_layers(edit_folder: str | os.PathLike) -> list[int]:
+    """The edit manifest's layers (artifacts' one reading of them), or [] for a folder without a manifest."""
+    if not (Path(edit_folder) / MANIFEST).exists():
         return []
-    return [int(x) for x in json.loads(manifest.read_text(encoding="utf-8")).get("layers", [])]
+    return edited_layers(read_edit_manifest(edit_folder))
 
 
 def edit_change(edit_folder: str | os.PathLike) -> tuple[dict[int, float], list[int]]:
@@ -96,7 +96,7 @@ def edit_change(edit_folder: str | os.PathLike) -> tuple[dict[int, float], list[
                 delta = fh.get_tensor(key).float()
                 base_norm = float((weights[key]() - delta).norm())
                 change[layer] = float(delta.norm()) / base_norm if base_norm else math.nan
-    return change, edited_layers(edit_folder) or sorted(change)
+    return change, _manifest_layers(edit_folder) or sorted(change)
 
 
 def finetune_change(input_folder: str | os.PathLike, ft_folder: str | os.PathLike) -> dict[int, float]:
