@@ -295,3 +295,26 @@ def test_a_bfloat16_grid_runs_end_to_end(tmp_path):
     import json
 
     assert json.loads((edit_dir / "manifest.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_skip_finetune_prepares_edits_and_a_later_run_completes_with_the_same_numbers(reference, tmp_path):
+    store, work = tmp_path / "r.db", tmp_path / "work"
+    first = run_grid(TINY, store, workdir=work, skip=["finetune"], progress=False)
+    assert first.complete and first.failed == [] and first.deferred
+    assert not any(s.startswith("finetune-") for s in first.executed)
+    assert {s.split("-")[0] for s in first.executed} == {"base", "stats", "targets", "edit", "evaluate"}
+    deferred_kinds = {s.split("-")[0] for s in first.deferred}
+    assert deferred_kinds == {"finetune", "evaluate"}  # the fine-tunes and the evaluations of fine-tuned models
+    with Store(store) as db:
+        assert db.query("SELECT COUNT(*) AS n FROM stages WHERE kind='finetune' AND status='done'")[0]["n"] == 0
+    second = run_grid(TINY, store, workdir=work, progress=False)
+    assert set(second.executed) == set(first.deferred) and second.runs == {"done": 4}
+    assert all_numbers(store) == all_numbers(reference["store"])
+    assert main(["run", str(TINY), "--store", str(store), "--workdir", str(work), "--skip", "finetune",
+                 "--no-progress"]) == 0
+
+
+def test_skip_names_only_known_stage_kinds(tmp_path):
+    with pytest.raises(ConfigError, match="--skip fine-tune: unknown stage kind; allowed: stats, targets"):
+        run_grid(TINY, tmp_path / "r.db", workdir=tmp_path / "work", skip=["fine-tune"], progress=False)
+    assert not (tmp_path / "r.db").exists()

@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="local (in-process or --workers processes) or ray (the cluster at RAY_ADDRESS)")
     p.add_argument("--workers", type=int, default=1, help="local backend: worker processes (default 1: in-process)")
     p.add_argument("--retry-failed", action="store_true", help="run failed stages again")
+    p.add_argument("--skip", default="", metavar="KINDS",
+                   help="stage kinds to leave for a later run, with everything that needs them (comma-separated; "
+                   "e.g. --skip finetune computes statistics, target values, edits and their evaluations only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", help="default torch device of the stages run here and by local workers (sets "
                    "$EDITDECAY_DEVICE; default: cuda when present, else cpu); dtype is the grid key 'dtype'")
@@ -32,11 +35,14 @@ def run(args: argparse.Namespace) -> int:
     configure_threads(args.threads)
 
     result = run_grid(args.grid, args.store, workdir=args.workdir, backend=args.backend, workers=args.workers,
-                      retry_failed=args.retry_failed, progress=not args.no_progress)
+                      retry_failed=args.retry_failed, progress=not args.no_progress,
+                      skip=[k.strip() for k in args.skip.split(",") if k.strip()])
     runs = ", ".join(f"{n} {status}" for status, n in sorted(result.runs.items())) or "none"
     print(f"runs: {runs}")
     print(f"stages: {len(result.executed)} computed, {len(result.adopted)} adopted, {len(result.failed)} failed, "
           f"{len(result.skipped)} skipped (input failed) in {result.seconds:.1f} s")
+    if result.deferred:
+        print(f"{len(result.deferred)} stage(s) left for a later run (--skip {args.skip})")
     if result.missing:
         print(f"{len(result.missing)} stage(s) were recorded done but their artifacts were missing: computed again")
     if result.failed:

@@ -31,7 +31,7 @@ from editdecay.experiment.execute import artifact_path, is_complete, log, read_o
 from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
 from editdecay.experiment.schema import Grid, load_grid
 from editdecay.experiment.stages import StageFn
-from editdecay.experiment.store import Store
+from editdecay.experiment.store import STAGE_KINDS, Store
 
 
 @dataclass
@@ -44,11 +44,14 @@ class RunResult:
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # blocked by a failed dependency
     missing: list[str] = field(default_factory=list)  # recorded done, artifact gone: computed again
+    deferred: list[str] = field(default_factory=list)  # left pending on purpose (``skip``)
     seconds: float = 0.0
 
     @property
     def complete(self) -> bool:
-        """Every run finished or was recorded as failed (the CLI's exit-0 condition)."""
+        """Every run finished or was recorded as failed, or every stage not deferred by ``skip`` did (exit 0)."""
+        if self.deferred:
+            return not self.failed and not self.skipped
         return set(self.runs) <= {"done", "failed"}
 
 
@@ -89,13 +92,22 @@ def run_grid(
     stage_fns: dict[str, StageFn | str] | None = None,
     progress: bool = True,
     ray_address: str | None = None,
+    skip: tuple[str, ...] | list[str] = (),
 ) -> RunResult:
-    """Validate, plan and execute a grid into ``store``; re-running resumes where it stopped."""
+    """Validate, plan and execute a grid into ``store``; re-running resumes where it stopped.
+
+    ``skip`` names stage kinds to leave pending, with every stage that needs one of them: ``("finetune",)``
+    computes the statistics, target values, edits and their evaluations now (the edits are shared by every
+    fine-tuning setting) and leaves the fine-tunes for a later run of the same grid.
+    """
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers!r}: must be a positive integer")
+    unknown = sorted(set(skip) - set(STAGE_KINDS))
+    if unknown:
+        raise ConfigError(f"--skip {','.join(unknown)}: unknown stage kind; allowed: {', '.join(STAGE_KINDS)}")
     plan = plan_grid(grid_or_path)  # every config error surfaces here, before any work
     store_path = Path(store)
     work = Path(workdir).expanduser() if workdir else default_workdir(plan.grid, store_path)
@@ -131,6 +143,7 @@ def run_grid(
         if result.adopted:
             log(f"adopted {len(result.adopted)} finished artifact(s) that were not yet recorded")
         _reopen_transient(plan, db, artifacts, status)
+        result.deferred = _deferred(plan, set(skip), status)
         engine = make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
         try:
             _execute(plan, db, engine, artifacts, status, result, progress)
@@ -152,7 +165,7 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
     """Submit every ready stage (all inputs done), record outcomes, skip what depends on a failure."""
     from tqdm import tqdm
 
-    todo = [sid for sid in plan.stages if status[sid] == "pending"]
+    todo = [sid for sid in plan.stages if status[sid] == "pending" and sid not in result.deferred]
     bar = tqdm(total=len(todo), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True)
     bar.set_postfix_str(f"{sum(1 for s in status.values() if s == 'done')} already done")
     in_flight: set[str] = set()
@@ -202,6 +215,15 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                 db.refresh_runs()
     finally:
         bar.close()
+
+
+def _deferred(plan: Plan, skip: set[str], status: dict[str, str]) -> list[str]:
+    """Pending stages of a skipped kind and every pending stage that needs one (plan order is topological)."""
+    out: set[str] = set()
+    for sid, spec in plan.stages.items():
+        if status[sid] == "pending" and (spec.kind in skip or any(d in out for d in spec.deps.values())):
+            out.add(sid)
+    return [sid for sid in plan.stages if sid in out]
 
 
 def _dependents(plan: Plan, sid: str) -> list[str]:
