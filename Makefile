@@ -38,7 +38,11 @@ demo: setup
 # store is committed under docs/results/; the work folder (deltas, adapters, statistics) is not.
 STUDY_STORE ?= docs/results/cpu-study.db
 STUDY_WORK ?= study-work
+# The committed target-value pool (docs/results/cpu-study-targets/, scripts/study_snapshot.sh) seeds the work
+# folder's, so a new machine optimises no target value twice.
 study: setup
+	mkdir -p $(STUDY_WORK)/targets
+	if [ -d docs/results/cpu-study-targets ]; then cp -n docs/results/cpu-study-targets/z-*.safetensors $(STUDY_WORK)/targets/; fi
 	$(BIN)/editdecay run configs/cpu-study.yaml --store $(STUDY_STORE) --workdir $(STUDY_WORK) --workers 2
 	$(BIN)/editdecay analyze frequency --store $(STUDY_STORE)
 	$(BIN)/editdecay report $(STUDY_STORE) --out docs/results/cpu-study
