@@ -9,7 +9,8 @@ distribution's tail.
 - An edit *succeeds* on a metric when its per-record value exceeds ``SUCCESS_THRESHOLD`` (0.5: a strict
   majority of its prompts, or of its target tokens for zsRE; CounterFact ES is already 0/1).
 - :func:`decay`: EFR, emergent edits, survival, relative decrease and McNemar's test of one pair of
-  evaluations (aligned arrays); ``evaluate.decay.compare`` adds the matching by case_id and the CI.
+  evaluations (aligned arrays); :func:`match_records` pairs two evaluations by case_id (for
+  ``evaluate.decay.compare`` and the report alike), and ``compare`` adds the CI.
 - Paired t-test on differences d = a - b: t = mean(d) / (sd(d) / sqrt(n)), df = n - 1, two-sided.
 - Cohen's d_z for paired data: mean(d) / sd(d) (sd with ddof=1).
 - Wilcoxon signed-rank (zeros dropped, as scipy's default "wilcox"): exact null distribution of W+ when there
@@ -27,6 +28,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -276,6 +278,46 @@ def decay(before: Sequence[float], after: Sequence[float], threshold: float = SU
     return Decay(n=int(vb.size), succeeded_before=int(sb.sum()), failed_before=int((~sb).sum()),
                  flipped=int((sb & ~sa).sum()), emerged=int((~sb & sa).sum()), mean_before=float(vb.mean()),
                  mean_after=float(va.mean()), survived=sa[sb].astype(np.float64), mcnemar=mcnemar_exact(sb, sa))
+
+
+# --- matching two evaluations by case_id (compare's JSON and the report's per-record rows) ------------------
+
+def _rows(evaluation: Mapping[str, Any] | Sequence[Mapping[str, Any]], name: str) -> dict[str, Mapping[str, Any]]:
+    """Evaluation JSON (with "records") or a list of per-record dicts -> case_id -> row."""
+    rows = evaluation.get("records") if isinstance(evaluation, Mapping) else evaluation
+    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
+        raise DataError(name, "expected an evaluation with a 'records' list of per-record results", field="records")
+    out: dict[str, Mapping[str, Any]] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping) or "case_id" not in row:
+            raise DataError(name, "per-record result needs a 'case_id'", index, "case_id")
+        case_id = str(row["case_id"])
+        if case_id in out:
+            raise DataError(name, f"duplicate case_id {case_id!r}", index, "case_id")
+        out[case_id] = row
+    if not out:
+        raise DataError(name, "has no per-record results", field="records")
+    return out
+
+
+def match_records(
+    before: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    after: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    before_name: str = "before",
+    after_name: str = "after",
+) -> tuple[list[str], dict[str, Mapping[str, Any]], dict[str, Mapping[str, Any]]]:
+    """Case ids (in ``before`` order) and both row maps; a clear error when the record sets differ."""
+    b, a = _rows(before, before_name), _rows(after, after_name)
+    only_b, only_a = [c for c in b if c not in a], [c for c in a if c not in b]
+    if only_b or only_a:
+        raise DataError(
+            f"{before_name} vs {after_name}",
+            f"the evaluations cover different records: {len(only_b)} only in {before_name} "
+            f"(e.g. {only_b[:5]}), {len(only_a)} only in {after_name} (e.g. {only_a[:5]}); compare evaluations "
+            "of the same records",
+            field="case_id",
+        )
+    return list(b), b, a
 
 
 # --- per-record maps (case_id -> {metric: value}), as the report reads them from the store -------------------

@@ -11,8 +11,8 @@ of its prompts, or of its target tokens for zsRE; CounterFact ES is already 0/1)
   percentile-bootstrap confidence interval over those edits.
 
 The statistics themselves (success threshold, the counts and rates, McNemar, the paired tests, the bootstrap)
-are :mod:`editdecay.stats`, shared with the report; this module matches evaluations by case_id and writes the
-results in the JSON shape of ``editdecay compare``.
+are :mod:`editdecay.stats`, shared with the report (the matching by case_id too, ``stats.match_records``); this
+module writes the results in the JSON shape of ``editdecay compare``.
 """
 
 from __future__ import annotations
@@ -24,46 +24,9 @@ import numpy as np
 
 from editdecay import stats
 from editdecay.errors import ConfigError, DataError
+from editdecay.stats import match_records
 
 SUCCESS_METRICS = ("efficacy", "paraphrase", "neighborhood", "efficacy_acc", "paraphrase_acc", "neighborhood_acc")
-
-
-def _rows(evaluation: Mapping[str, Any] | Sequence[Mapping[str, Any]], name: str) -> dict[str, Mapping[str, Any]]:
-    """Evaluation JSON (with "records") or a list of per-record dicts -> case_id -> row."""
-    rows = evaluation.get("records") if isinstance(evaluation, Mapping) else evaluation
-    if not isinstance(rows, Sequence) or isinstance(rows, (str, bytes)):
-        raise DataError(name, "expected an evaluation with a 'records' list of per-record results", field="records")
-    out: dict[str, Mapping[str, Any]] = {}
-    for index, row in enumerate(rows):
-        if not isinstance(row, Mapping) or "case_id" not in row:
-            raise DataError(name, "per-record result needs a 'case_id'", index, "case_id")
-        case_id = str(row["case_id"])
-        if case_id in out:
-            raise DataError(name, f"duplicate case_id {case_id!r}", index, "case_id")
-        out[case_id] = row
-    if not out:
-        raise DataError(name, "has no per-record results", field="records")
-    return out
-
-
-def match_records(
-    before: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    after: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    before_name: str = "before",
-    after_name: str = "after",
-) -> tuple[list[str], dict[str, Mapping[str, Any]], dict[str, Mapping[str, Any]]]:
-    """Case ids (in ``before`` order) and both row maps; a clear error when the record sets differ."""
-    b, a = _rows(before, before_name), _rows(after, after_name)
-    only_b, only_a = [c for c in b if c not in a], [c for c in a if c not in b]
-    if only_b or only_a:
-        raise DataError(
-            f"{before_name} vs {after_name}",
-            f"the evaluations cover different records: {len(only_b)} only in {before_name} "
-            f"(e.g. {only_b[:5]}), {len(only_a)} only in {after_name} (e.g. {only_a[:5]}); compare evaluations "
-            "of the same records",
-            field="case_id",
-        )
-    return list(b), b, a
 
 
 def compare(

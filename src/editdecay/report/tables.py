@@ -203,8 +203,6 @@ def _nan(value: float | None) -> float:
 def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
     """EFR, emergent edits and survival of one run, matched by case_id (the two evaluations must hold the same
     records); None when a group has no per-record data."""
-    from editdecay.evaluate.decay import match_records
-
     before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
     if not before or not after:
         return None
@@ -213,7 +211,7 @@ def run_decay(res: Results, run: Run, metric: str) -> Decay | None:
     if not rows_b or not rows_a:
         return None
     where = f"{res.path}: run '{run.run_id}'"
-    ids, b, a = match_records(rows_b, rows_a, f"{where} M_ed", f"{where} M_ed_ft")
+    ids, b, a = stats.match_records(rows_b, rows_a, f"{where} M_ed", f"{where} M_ed_ft")
     ids = sorted(ids)
     d = stats.decay([b[c][metric] for c in ids], [a[c][metric] for c in ids], stats.SUCCESS_THRESHOLD)
     return Decay(metric, d.succeeded_before, _nan(d.efr), _nan(d.emergent), _nan(d.survival),
