@@ -162,9 +162,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         raise ConfigError(f"--models: unknown {sorted(unknown)}; use smollm2, llama2-7b-shape")
     tok = None
     if args.tiny:
+        from editdecay.data.corpora import tokenizer_text
         from editdecay.models.tiny import tiny_tokenizer
 
-        tok = tiny_tokenizer()
+        tok = tiny_tokenizer(tokenizer_text())
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             t0 = time.perf_counter()

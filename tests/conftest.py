@@ -12,16 +12,18 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def tiny_tok():
+    from editdecay.data.corpora import tokenizer_text
     from editdecay.models.tiny import tiny_tokenizer
 
-    return tiny_tokenizer()
+    return tiny_tokenizer(tokenizer_text())
 
 
 @pytest.fixture(scope="session")
 def tiny_tok_bos():
+    from editdecay.data.corpora import tokenizer_text
     from editdecay.models.tiny import tiny_tokenizer
 
-    return tiny_tokenizer(add_bos=True)
+    return tiny_tokenizer(tokenizer_text(), add_bos=True)
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """editdecay: do knowledge edits survive fine-tuning?
 
-The pipeline flows one way: models -> data -> edit -> finetune -> evaluate -> experiment -> report, with
-``commands``/``cli`` and ``api`` on top and ``util``/``errors`` (and ``groups``, the four model groups named
-once) below everything. A package may import only the packages before it in that order (and those below
-everything), never one after it; each package's own docstring says what it may import and names any exception
-still to be removed.
+Data flows models -> data -> edit -> finetune -> evaluate -> experiment -> report. Imports flow one way,
+from the bottom up: ``errors``; ``util``, ``groups`` (the four model groups), ``stats``; ``artifacts``;
+``models``; ``data``; ``edit``; ``evaluate`` (it scores any model folder, so it sits below what calls it:
+fine-tuning's tracker and preserve's re-edit); ``preserve``; ``finetune``; ``erase``, ``analyze``;
+``experiment``; ``report`` (the store, ``stats``, ``groups`` and ``util`` only); ``api``; ``commands``;
+``cli``. A package imports only packages before it, never one after it, and no two modules import each other
+(tests/test_habits.py checks both); each package's own docstring says what it may import.
 Import the user-facing functions from :mod:`editdecay.api`.
 """
 

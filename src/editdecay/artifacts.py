@@ -117,31 +117,6 @@ def edited_selection(word: str, edited: list[int], n_layers: int) -> list[int]:
     raise ValueError(f"not a word selection: {word!r} (expected 'edited' or 'non-edited')")
 
 
-def edit_records(manifest: dict[str, Any], source: str | os.PathLike) -> list[Any]:
-    """The manifest's ``records`` as EditRecords, in order; errors name ``source``, the record and the field."""
-    from editdecay.data.records import EditRecord
-
-    raw = manifest.get("records", [])
-    if not isinstance(raw, list):
-        raise DataError(str(source), "expected a list of edit records", field="records")
-    fields = set(EditRecord.__dataclass_fields__)
-    records = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise DataError(str(source), "expected an EditRecord object", index, "records")
-        unknown = set(item) - fields
-        if unknown:
-            raise DataError(str(source), f"unknown EditRecord fields {sorted(unknown)}", index, "records")
-        missing = {"case_id", "subject", "prompt", "target_new"} - set(item)
-        if missing:
-            raise DataError(str(source), f"missing EditRecord fields {sorted(missing)}", index, "records")
-        try:
-            records.append(EditRecord.from_dict(item))
-        except (TypeError, ValueError) as exc:
-            raise DataError(str(source), f"not an EditRecord ({exc})", index, "records") from None
-    return records
-
-
 # ----------------------------------------------------------------------------------------------------------
 # edit folders: the writers
 

@@ -113,14 +113,15 @@ def activation_shift(base: str | os.PathLike, edited: str | os.PathLike, finetun
     ``edited`` is an edit folder: its manifest.json gives the records (and, by default, the layers).
     ``device``/``dtype``: where and in what precision the three models are loaded (see models/device.py).
     """
-    from editdecay.artifacts import MANIFEST, edit_records, edited_layers, read_edit_manifest
+    from editdecay.artifacts import MANIFEST, edited_layers, read_edit_manifest
+    from editdecay.data.records import records_from_manifest
     from editdecay.models.registry import load_model
 
     manifest = read_edit_manifest(edited)
     source = Path(edited) / MANIFEST
     if not manifest.get("records"):
         raise DataError(str(source), "has no 'records' list", field="records")
-    records = edit_records(manifest, source)
+    records = records_from_manifest(manifest, source)
     if n is not None:
         records = records[:n]
     if layers is None:

@@ -188,6 +188,12 @@ def load_text(name_or_path: str | os.PathLike) -> list[str]:
     return [line.strip() for line in raw_text.split("\n") if line.strip() and not re.fullmatch(r"=+ .* =+", line.strip())]
 
 
+def tokenizer_text(n: int = 400) -> list[str]:
+    """The text a tiny tokenizer trains on (:func:`editdecay.models.tiny.tiny_tokenizer`): the first ``n``
+    documents of the shared WikiText text."""
+    return load_text("wikitext")[:n]
+
+
 def load_finetune_corpus(name_or_path: str | os.PathLike) -> list[TrainExample]:
     """A named fine-tuning corpus ('commonsense', 'alpaca', 'hotpotqa', a raw-text name) or a file.
 

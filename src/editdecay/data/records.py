@@ -64,6 +64,30 @@ def fill(template: str, subject: str) -> str:
     return template.replace("{}", subject, 1)
 
 
+def records_from_manifest(manifest: dict[str, Any], source: str | os.PathLike) -> list[EditRecord]:
+    """An edit manifest's ``records`` (read with :func:`editdecay.artifacts.read_edit_manifest`) as EditRecords,
+    in order; errors name ``source``, the record and the field."""
+    raw = manifest.get("records", [])
+    if not isinstance(raw, list):
+        raise DataError(str(source), "expected a list of edit records", field="records")
+    fields = set(EditRecord.__dataclass_fields__)
+    records = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise DataError(str(source), "expected an EditRecord object", index, "records")
+        unknown = set(item) - fields
+        if unknown:
+            raise DataError(str(source), f"unknown EditRecord fields {sorted(unknown)}", index, "records")
+        missing = {"case_id", "subject", "prompt", "target_new"} - set(item)
+        if missing:
+            raise DataError(str(source), f"missing EditRecord fields {sorted(missing)}", index, "records")
+        try:
+            records.append(EditRecord.from_dict(item))
+        except (TypeError, ValueError) as exc:
+            raise DataError(str(source), f"not an EditRecord ({exc})", index, "records") from None
+    return records
+
+
 @dataclass
 class LoadReport:
     path: str

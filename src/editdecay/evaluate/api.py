@@ -63,7 +63,8 @@ def load_records_arg(value: str | os.PathLike, n: int | None = None) -> list[Edi
     A manifest (``manifest.json``, or the edit folder holding it) yields exactly its ``records`` (EditRecord
     dicts), in order; ``n`` keeps the first n.
     """
-    from editdecay.artifacts import MANIFEST, edit_records, read_manifest
+    from editdecay.artifacts import MANIFEST, read_manifest
+    from editdecay.data.records import records_from_manifest
 
     path = Path(value)
     if path.is_dir() and (path / MANIFEST).exists():
@@ -74,7 +75,7 @@ def load_records_arg(value: str | os.PathLike, n: int | None = None) -> list[Edi
             raise DataError(str(path), "manifest has no 'records' list", field="records")
         if not isinstance(manifest["records"], list) or not manifest["records"]:
             raise DataError(str(path), "manifest 'records' must be a non-empty list", field="records")
-        records = edit_records(manifest, path)
+        records = records_from_manifest(manifest, path)
         return records[:n] if n is not None else records
     return load_edit_records(value, n=n)
 

@@ -53,10 +53,12 @@ def run_base(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     if name.startswith(TINY_PREFIX):
         if (out_dir / MODEL_CONFIG).exists():
             return {"model": "."}
-        from editdecay.models.tiny import tiny_model
+        from editdecay.data.corpora import tokenizer_text
+        from editdecay.models.tiny import tiny_model, tiny_tokenizer
 
         size = spec.config.get("tiny", {})
-        model, tok = tiny_model(name[len(TINY_PREFIX):], n_layers=size.get("n_layers", 4),
+        model, tok = tiny_model(name[len(TINY_PREFIX):], tokenizer=tiny_tokenizer(tokenizer_text()),
+                                n_layers=size.get("n_layers", 4),
                                 d_model=size.get("d_model", 64), seed=0)
         with atomic_dir(out_dir) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)

@@ -24,13 +24,13 @@ from editdecay.artifacts import (
     ADAPTER,
     MANIFEST,
     TRAJECTORY,
-    edit_records,
     is_edit_folder,
     read_edit_manifest,
     read_finetune_manifest,
     write_finetune_manifest,
 )
 from editdecay.artifacts import TRAIN_LOG as LOG
+from editdecay.data.records import records_from_manifest
 from editdecay.errors import ConfigError, DataError
 from editdecay.finetune import select as sel
 from editdecay.finetune.config import FinetuneConfig
@@ -65,7 +65,7 @@ def _edit_manifest(track_edits: str | os.PathLike | None, edit_dir: str | os.Pat
 
 
 def _tracked_records(manifest: dict[str, Any], source: str) -> list:
-    records = edit_records(manifest, source)
+    records = records_from_manifest(manifest, source)
     if not records:
         raise DataError(source, "the edit manifest lists no records to track", field="records")
     return records

@@ -4,9 +4,9 @@
 ``registry`` (names -> folders, GGUF conversion, ``load_model``), ``tiny`` (small random models for tests and
 ``tiny:<arch>`` grids).
 
-May import: :mod:`editdecay.util` and :mod:`editdecay.errors`; it is the first stage, so no other stage.
-Known exception, to go in the issue-14 restructure: ``tiny.tiny_tokenizer`` reads ``data.corpora.load_text``
-for its default training text.
+May import: :mod:`editdecay.artifacts` (``load_model`` materialises small edit and fine-tune folders),
+:mod:`editdecay.util` and :mod:`editdecay.errors`; it is the first stage, so no other stage (the tiny
+tokenizer's training text is passed in by its callers).
 """
 
 from editdecay.models.arch import ArchAdapter, get_adapter, supported_architectures

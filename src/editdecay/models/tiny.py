@@ -1,8 +1,9 @@
 """Tiny randomly initialised models and a small trained tokenizer, built in code with no download.
 
 They exist for fast tests and smoke runs of every stage: each supported architecture at a few layers and
-a hidden size of 64, with a byte-level BPE tokenizer trained in a fraction of a second on the shared
-WikiText text (or any text given).
+a hidden size of 64, with a byte-level BPE tokenizer trained in a fraction of a second on the text given (the
+callers pass :func:`editdecay.data.corpora.tokenizer_text`, the shared WikiText lines: models is the first
+stage and reads no corpus itself).
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ import torch
 TINY_ARCHS = ("llama", "mistral", "qwen2", "gemma3_text", "gpt2", "gptj", "gpt_neox")
 
 
-def tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 512, add_bos: bool = False):
-    """A byte-level BPE ``PreTrainedTokenizerFast`` (GPT-2 style: a leading space is part of a token)."""
+def tiny_tokenizer(texts: Iterable[str], vocab_size: int = 512, add_bos: bool = False):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` (GPT-2 style: a leading space is part of a token) trained on
+    ``texts`` (e.g. :func:`editdecay.data.corpora.tokenizer_text`)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if texts is None:
-        from editdecay.data.corpora import load_text
-
-        texts = load_text("wikitext")[:400]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -81,11 +79,11 @@ def tiny_config(arch: str, vocab_size: int, n_layers: int = 4, d_model: int = 64
     raise ValueError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
 
 
-def tiny_model(arch: str = "llama", tokenizer=None, n_layers: int = 4, d_model: int = 64, seed: int = 0):
-    """(model, tokenizer): a randomly initialised float32 model of ``arch`` in eval mode."""
+def tiny_model(arch: str = "llama", *, tokenizer, n_layers: int = 4, d_model: int = 64, seed: int = 0):
+    """(model, tokenizer): a randomly initialised float32 model of ``arch`` in eval mode, its vocabulary that of
+    ``tokenizer`` (a :func:`tiny_tokenizer`)."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tokenizer or tiny_tokenizer()
     config = tiny_config(arch, len(tokenizer), n_layers, d_model)
     config.pad_token_id = tokenizer.pad_token_id
     config.eos_token_id = tokenizer.eos_token_id

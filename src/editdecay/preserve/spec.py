@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import nn
 
-from editdecay.artifacts import MANIFEST, edit_records, edited_layers, read_edit_manifest
-from editdecay.data.records import EditRecord
+from editdecay.artifacts import MANIFEST, edited_layers, read_edit_manifest
+from editdecay.data.records import EditRecord, records_from_manifest
 from editdecay.errors import DataError
 from editdecay.models.arch import get_adapter
 from editdecay.util.io import stable_hash
@@ -65,7 +65,7 @@ def load_edit_spec(edit_dir: str | os.PathLike, model: nn.Module) -> EditSpec:
     layers = manifest["layers"]
     if not layers:
         raise DataError(str(path), "expected a non-empty list of integer layer indices", field="layers")
-    records = edit_records({"records": manifest.get("records") or []}, path)
+    records = records_from_manifest({"records": manifest.get("records") or []}, path)
     adapter = get_adapter(model)
     by_name = {f"{adapter.rewrite_name(i)}.weight": i for i in range(adapter.num_layers(model))}
     params = dict(model.named_parameters())
