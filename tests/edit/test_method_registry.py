@@ -28,11 +28,36 @@ def test_a_typo_gets_the_closest_name():
 
 def test_cli_and_grid_read_the_registry():
     from editdecay.cli import build_parser
-    from editdecay.experiment.schema import METHODS as GRID_METHODS
 
-    assert GRID_METHODS == method_names()
     parser = build_parser()
     args = parser.parse_args(["edit", "--method", "alphaedit", "--out", "x"])
     assert args.method == "alphaedit"
     with pytest.raises(SystemExit):
         parser.parse_args(["edit", "--method", "rome", "--out", "x"])
+
+
+def test_a_method_is_added_in_one_place():
+    """One registry entry and the CLI, the grid validator and the hparams loader all know the method."""
+    import yaml
+    from helpers import ROOT
+
+    from editdecay.cli import build_parser
+    from editdecay.edit.hparams import hparams_from_dict
+    from editdecay.edit.registry import Method, register
+    from editdecay.experiment.grid import expand, parse_grid
+
+    register(Method("memit-copy", "MEMIT copy", EditHparams, "editdecay.edit.memit"))
+    try:
+        assert build_parser().parse_args(["edit", "--method", "memit-copy", "--out", "x"]).method == "memit-copy"
+        raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+        raw["methods"] = ["memit-copy"]
+        grid = parse_grid(raw, "tiny.yaml", check_models=False)
+        assert grid.axes["methods"] == ["memit-copy"]
+        assert {s.config["method"] for s in expand(grid).stages.values() if s.kind == "edit"} == {"memit-copy"}
+        assert type(hparams_from_dict("memit-copy", {"v_lr": 0.1})) is EditHparams
+        with pytest.raises(ConfigError, match="already registered"):
+            register(Method("memit-copy", "again", EditHparams, "editdecay.edit.memit"))
+    finally:
+        METHODS.pop("memit-copy")
+    with pytest.raises(ConfigError, match="unknown method 'memit-copy'"):
+        parse_grid(raw, "tiny.yaml", check_models=False)

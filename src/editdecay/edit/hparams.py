@@ -141,10 +141,13 @@ def generic_layers(n_layers: int) -> list[int]:
 
 
 def default_hparams(method: str, model: Any = None) -> EditHparams:
-    """Defaults for ``method`` on ``model`` (an nn.Module, a config, or a table key such as 'gpt2-xl')."""
+    """Defaults for ``method`` on ``model`` (an nn.Module, a config, or a table key such as 'gpt2-xl').
+
+    A method with no row for the model in :data:`DEFAULTS` takes its ``generic`` row, and one with no rows at all
+    (a newly registered method) its hyperparameter class's own defaults."""
     method = _check_method(method)
     key = model_key(model) if model is not None else "generic"
-    values = dict(DEFAULTS[(method, key)])
+    values = dict(DEFAULTS.get((method, key), DEFAULTS.get((method, "generic"), {})))
     if "layers" not in values:
         n_layers = _get(_config_of(model), "num_hidden_layers", "n_layer") if model is not None else None
         values["layers"] = generic_layers(int(n_layers)) if n_layers else [4, 5, 6, 7, 8]

@@ -12,7 +12,8 @@ MEMIT and AlphaEdit share the whole pipeline (prompts, keys, target values, spre
 Everything that needs the list of methods reads it from here: the CLI's ``--method`` choices, the grid
 validator, the hparams loader and :func:`editdecay.edit.api.edit`. The rule module is imported only when a
 rule is built, so reading the registry (``--help``, validating a grid) costs no torch import. Adding a method
-(MEND is next) is a new hparams class, a rule module and one line in :data:`METHODS`.
+(MEND is next) is a new hparams class, a rule module and one line in :data:`METHODS` (rows in
+:data:`editdecay.edit.hparams.DEFAULTS` are optional: without them it starts from its class's defaults).
 """
 
 from __future__ import annotations

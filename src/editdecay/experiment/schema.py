@@ -45,7 +45,6 @@ from editdecay.groups import GROUPS  # the four groups: defined once
 from editdecay.preserve import STRATEGIES as PRESERVE  # the preserve strategies: defined once
 from editdecay.util.io import stable_hash
 
-METHODS = method_names()  # the method registry (editdecay.edit.registry)
 AXES = {  # YAML key -> the run field it fills
     "models": "model", "methods": "method", "edit_data": "edit_data", "n_edits": "n_edits",
     "ft_types": "ft_type", "layers": "layers", "modules": "modules", "ft_data": "ft_data", "seeds": "seed",
@@ -236,7 +235,8 @@ def _parse_axes(path: str, raw: dict[str, Any], model_info: dict[str, Any]) -> d
 
     axes: dict[str, list[Any]] = {
         "models": _parse_models(path, raw, model_info),
-        "methods": _one_of(path, "methods", _as_list(path, "methods", raw.get("methods")), METHODS, "method"),
+        "methods": _one_of(path, "methods", _as_list(path, "methods", raw.get("methods")), method_names(),
+                           "method"),
         "edit_data": [str(d) for d in _as_list(path, "edit_data", raw.get("edit_data"))],
         "n_edits": _integers(path, "n_edits", _as_list(path, "n_edits", raw.get("n_edits")), positive=True),
         "ft_types": _one_of(path, "ft_types", _as_list(path, "ft_types", raw.get("ft_types")), FT_TYPES,
