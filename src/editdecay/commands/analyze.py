@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from editdecay.api import add_device_args
 from editdecay.artifacts import MARKER as STAGE_MARKER
-from editdecay.models.device import add_device_args
 
 REPORT_KEY = ("model", "method", "ft_type", "layers")
 DROPPED = " (a grid drops a full fine-tune's weights once its evaluations are done unless it says keep: [finetune])"
@@ -80,8 +80,7 @@ def _shift(args: argparse.Namespace) -> int:
         raise ConfigError("analyze shift: pass --store S, or --base, --edited and --finetuned")
     if args.store is not None and any(folders):
         raise ConfigError("analyze shift: --store analyses the store's own stages; drop --base/--edited/--finetuned")
-    from editdecay.analyze.shift import activation_shift, format_shift
-    from editdecay.models.device import apply_device_args
+    from editdecay.api import activation_shift, apply_device_args, format_shift
     from editdecay.util.io import atomic_write_json
     from editdecay.util.layers import parse_layer_list
 
@@ -106,8 +105,8 @@ def _shift(args: argparse.Namespace) -> int:
 
 def _open(store_path: str | os.PathLike) -> Any:
     """An existing results store, opened for writing (a store of an older schema gains the analysis tables)."""
+    from editdecay.api import Store
     from editdecay.errors import DataError
-    from editdecay.experiment.store import Store
 
     if not Path(store_path).is_file():
         raise DataError(str(store_path), "results store not found")
@@ -122,7 +121,7 @@ def model_folder(artifact: str | None, store_path: str | os.PathLike) -> Path | 
     """The folder a stage's recorded artifact stands for, if its weights are on disk: the artifact itself (a model,
     a deltas-only edit, an adapter-only fine-tune) or the model its stage marker names; a relative path is tried
     from the working directory and from the store's folder (runners record paths relative to where they ran)."""
-    from editdecay.analyze.weights import readable
+    from editdecay.api import model_readable
     from editdecay.artifacts import marker_model
     from editdecay.errors import EditDecayError
 
@@ -130,14 +129,14 @@ def model_folder(artifact: str | None, store_path: str | os.PathLike) -> Path | 
         return None
     path = Path(artifact)
     for candidate in [path] if path.is_absolute() else [path, Path(store_path).resolve().parent / path]:
-        if readable(candidate):
+        if model_readable(candidate):
             return candidate
         if (candidate / STAGE_MARKER).exists():
             try:
                 target = Path(marker_model(candidate))
             except EditDecayError:  # weights dropped, or a marker naming no model
                 continue
-            if readable(target):
+            if model_readable(target):
                 return target
     return None
 
@@ -167,7 +166,7 @@ def _chosen_runs(store: Any, every_run: bool, has: Callable[[dict[str, Any]], bo
 
 def layer_change_into(store_path: str | os.PathLike, every_run: bool = False) -> list[str]:
     """Per-layer weight change of the chosen runs' edit and edited fine-tune stages, written into the store."""
-    from editdecay.analyze.weights import edit_change, finetune_change
+    from editdecay.api import edit_change, finetune_change
     from editdecay.errors import EditDecayError
 
     lines: list[str] = []
@@ -207,7 +206,7 @@ def layer_change_into(store_path: str | os.PathLike, every_run: bool = False) ->
 def frequency_into(store_path: str | os.PathLike,
                    corpus_loader: Callable[[str], list[str]] | None = None) -> list[str]:
     """Occurrences of every stored target in each fine-tuning corpus of the store's runs, written into it."""
-    from editdecay.analyze.frequency import default_corpus_loader, target_frequency
+    from editdecay.api import default_corpus_loader, target_frequency
     from editdecay.errors import EditDecayError
 
     lines: list[str] = []

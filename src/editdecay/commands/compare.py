@@ -23,8 +23,8 @@ def _fmt(value: float | None, pct: bool = False) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from editdecay.api import compare
     from editdecay.errors import DataError
-    from editdecay.evaluate.decay import compare
     from editdecay.util.io import atomic_write_json, read_json
 
     loaded = []

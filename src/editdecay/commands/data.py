@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.data.records import LoadReport, load_edit_records
+    from editdecay.api import LoadReport, load_edit_records
 
     report = LoadReport(path=args.file, fmt="", total=0, loaded=0)
     records = load_edit_records(args.file, fmt=args.fmt, skip_invalid=True, zsre_target=args.zsre_target, report=report)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from editdecay.edit.registry import method_names
-from editdecay.models.device import add_device_args
+from editdecay.api import add_device_args, method_names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,15 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_records(args: argparse.Namespace):
-    from editdecay.data.records import load_edit_records
+    from editdecay.api import load_edit_records, load_records_arg
     from editdecay.errors import ConfigError
 
     source = args.records or args.data or "counterfact"
-    try:  # the evaluation stage knows manifests; fall back to plain record files when it is absent
-        from editdecay.evaluate.api import load_records_arg
-    except ImportError:
-        load_records_arg = None
-    if load_records_arg is not None and args.zsre_target == "answers":
+    if args.zsre_target == "answers":  # records from a data name, a records file or an edit folder's manifest
         records = load_records_arg(source, n=args.n)
     else:
         records = load_edit_records(source, n=args.n, zsre_target=args.zsre_target)
@@ -67,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from editdecay.edit.hparams import parse_layers, resolve_hparams
+    from editdecay.api import parse_layers, resolve_hparams
     from editdecay.util.overrides import parse_overrides
 
     overrides = parse_overrides(args.overrides)
@@ -80,16 +75,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_hparams:
         from transformers import AutoConfig
 
-        from editdecay.models.registry import resolve_model
+        from editdecay.api import resolve_model
 
         config = AutoConfig.from_pretrained(resolve_model(args.model))
         hp = resolve_hparams(args.method, config, args.hparams, overrides)
         print(json.dumps(hp.to_dict(), indent=2))
         return 0
 
-    from editdecay.edit.api import edit_to_folder
-    from editdecay.edit.stats import StatsCache
-    from editdecay.models.device import apply_device_args
+    from editdecay.api import StatsCache, apply_device_args, edit_to_folder
 
     device, dtype = apply_device_args(args)
     records, source = _load_records(args)

@@ -35,8 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.erase.api import erase
-    from editdecay.erase.locate import DEFAULT_THRESHOLD
+    from editdecay.api import ERASE_THRESHOLD, erase
     from editdecay.errors import ConfigError
     from editdecay.util.layers import parse_layer_list
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     layers = parse_layer_list(args.layers) if args.layers else None
     manifest = erase(args.model, args.out, base=args.base, records=args.records, layers=layers,
                      budget_steps=args.budget_steps, strategy=args.strategy, downstream_limit=args.downstream_limit,
-                     threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD,
+                     threshold=args.threshold if args.threshold is not None else ERASE_THRESHOLD,
                      overwrite=args.overwrite, progress=not args.no_progress)
     print(f"mode: {manifest['mode']} ({manifest['strategy']}); located layers: {manifest['located_layers']}")
     if manifest.get("bit_identical") is not None:

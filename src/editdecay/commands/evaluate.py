@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from editdecay.models.device import add_device_args
+from editdecay.api import add_device_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,9 +46,8 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from editdecay.api import apply_device_args, evaluate_model
     from editdecay.errors import ConfigError
-    from editdecay.evaluate.api import evaluate_model
-    from editdecay.models.device import apply_device_args
     from editdecay.util.io import atomic_write_json
 
     for name in ("n", "limit", "batch_size"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from editdecay.models.device import add_device_args
+from editdecay.api import add_device_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -60,9 +60,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.finetune.api import finetune
-    from editdecay.finetune.config import FinetuneConfig
-    from editdecay.models.device import apply_device_args
+    from editdecay.api import FinetuneConfig, apply_device_args, finetune
 
     cfg = FinetuneConfig.from_dict(config_from_args(args))
     device, dtype = apply_device_args(args)  # on a machine shared with other jobs, --threads 1 can be faster

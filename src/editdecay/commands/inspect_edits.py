@@ -24,14 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.erase.api import inspect_edits
-    from editdecay.erase.locate import DEFAULT_THRESHOLD
+    from editdecay.api import ERASE_THRESHOLD, inspect_edits
     from editdecay.errors import ConfigError
 
     if args.trace_k is not None and args.trace_k < 1:
         raise ConfigError(f"--trace-k {args.trace_k}: must be at least 1")
     report = inspect_edits(args.model, args.base, args.out, trace_k=args.trace_k, trace_mode=args.trace_mode,
-                           threshold=args.threshold if args.threshold is not None else DEFAULT_THRESHOLD)
+                           threshold=args.threshold if args.threshold is not None else ERASE_THRESHOLD)
     print(f"mode: {report['mode']}; located layers: {report['located_layers'] or 'none'}")
     for c in report.get("changes", []):
         print(f"  {c['name']}: rank {c['rank']}, |dW| {c['norm']:.4g} ({100 * c['rel_norm']:.2f}% of |W|)")

@@ -14,21 +14,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.models import registry
+    from editdecay import api
 
     if args.install:
-        registry.install_package(args.install)
+        api.install_package(args.install)
         args.prepare = args.install
     if args.prepare:
-        folder = registry.convert_registered(args.prepare)
+        folder = api.convert_registered(args.prepare)
         print(f"{args.prepare}: ready in {folder}")
-    rows = registry.model_status()
+    rows = api.model_status()
     print(f"{'name':<15} {'package':<9} {'ready':<6} description")
     for row in rows:
         print(f"{row['name']:<15} {'yes' if row['package_installed'] else 'no':<9} "
               f"{'yes' if row['ready'] else 'no':<6} {row['description']}")
         if args.verify and row["ready"]:
-            registry.resolve_model(row["name"], verify=True)
+            api.resolve_model(row["name"], verify=True)
             print(f"{'':<15} checksums verified: {row['folder']}")
-    print(f"cache: {registry.editdecay_home()} (set EDITDECAY_HOME to move it)")
+    print(f"cache: {api.editdecay_home()} (set EDITDECAY_HOME to move it)")
     return 0

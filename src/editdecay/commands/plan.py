@@ -34,14 +34,14 @@ def _fmt_bytes(b: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from editdecay.experiment.cost import (
+    from editdecay.api import (
         by_kind,
         check_plan_resources,
         estimate_plan,
         estimate_seconds,
+        plan_grid,
         stage_dtype,
     )
-    from editdecay.experiment.runner import plan_grid
 
     plan = plan_grid(args.grid)
     grid = plan.grid

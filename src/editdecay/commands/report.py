@@ -19,8 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from editdecay.api import report_text, write_report
     from editdecay.errors import ConfigError
-    from editdecay.report.api import report_text, write_report
 
     fmt = args.format or ("files" if args.out else "text")
     if not 0 < args.alpha < 1:

@@ -27,8 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from editdecay.experiment.runner import run_grid
-    from editdecay.models.device import DEVICE_ENV, configure_threads, resolve_device
+    from editdecay.api import DEVICE_ENV, configure_threads, resolve_device, run_grid
 
     if args.device:
         os.environ[DEVICE_ENV] = str(resolve_device(args.device))  # checked here, inherited by local workers

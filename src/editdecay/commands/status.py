@@ -18,8 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from editdecay.api import Store
     from editdecay.errors import EditDecayError
-    from editdecay.experiment.store import Store
 
     if not Path(args.store).exists():
         raise EditDecayError(f"{args.store}: no results store here (run `editdecay run GRID.yaml --store ...` first)")
