@@ -56,6 +56,41 @@ def test_batched_targets_equal_one_request_reference(make_tiny, arch):
         assert all(loss < float("inf") for loss in got.loss)
 
 
+def test_target_value_progress_moves_every_step_with_the_median_probability(make_tiny, monkeypatch):
+    """The bar counts optimisation steps (not chunks: the demo once sat at 'target values: 0/10' for minutes)
+    and shows the running median target probability."""
+    model, tok = make_tiny("llama", n_layers=4)
+    sharpen(model)
+    hp = hparams_from_dict("memit", dict(FAST, z_batch_size=2))  # three requests: two chunks
+
+    class Bar:
+        def __init__(self, total, desc, unit):
+            self.total, self.desc, self.unit, self.n, self.postfix, self.seen = total, desc, unit, 0, "", []
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def refresh(self):
+            self.seen.append((self.n, self.postfix))
+
+        def close(self):
+            pass
+
+    bars = []
+    monkeypatch.setattr(targets_mod, "_bar", lambda progress, total, desc, unit="req": bars.append(
+        Bar(total, desc, unit)) or bars[-1] if progress else None)
+    got = compute_targets(model, tok, get_adapter(model), [Request.from_record(r) for r in RECORDS], TEMPLATES, hp,
+                          progress=True)
+    (bar,) = bars
+    assert (bar.desc, bar.unit, bar.total) == ("target values", "step", 2 * hp.v_num_grad_steps)
+    per_chunk = hp.v_num_grad_steps  # each chunk's last step is its 5th: the bar moves once per step
+    assert [n for n, _ in bar.seen] == list(range(1, 2 * per_chunk + 1))
+    assert all(text.startswith("requests 0/3, median target prob ") for _, text in bar.seen[:per_chunk])
+    assert all(text.startswith("requests 2/3, median target prob ") for _, text in bar.seen[per_chunk:])
+    assert bar.seen[-1][1].endswith(f"median target prob {float(torch.tensor(got.prob).median()):.3f}")
+    assert bar.n == bar.total
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
 def test_spreading_lands_on_targets_and_deltas_are_exact(make_tiny, arch):
     model, tok = make_tiny(arch, n_layers=4)
