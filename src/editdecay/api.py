@@ -33,6 +33,7 @@ _EXPORTS = {
     "evaluate_downstream": "editdecay.evaluate.api",
     "evaluate_model": "editdecay.evaluate.api",
     "compare": "editdecay.evaluate.decay",
+    "seed_comparison": "editdecay.evaluate.decay",
     # finetune
     "finetune": "editdecay.finetune.api",
     "FinetuneConfig": "editdecay.finetune.config",

@@ -24,7 +24,8 @@ def _retokenised(tok, template: str, subject: str) -> tuple[list[int], int]:
 
 @pytest.mark.parametrize("bos", [False, True])
 def test_shift_position_is_the_editors_key_position(tiny_tok, tiny_tok_bos, bos):
-    from editdecay.analyze.shift import subject_last_token
+    from helpers.reference import subject_last_token
+
     from editdecay.edit.prompts import Encoder, Request, SubjectPrompts
 
     tok = tiny_tok_bos if bos else tiny_tok

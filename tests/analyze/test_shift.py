@@ -82,7 +82,9 @@ def test_known_delta_doubles_the_shift_in_the_same_direction(folders):
 
 def test_edit_shift_equals_delta_times_the_projection_input(folders):
     """‖h_ed − h_base‖ at layer 1 equals ‖delta @ m‖ with m the down_proj input at the subject's last token."""
-    from editdecay.analyze.shift import activation_shift, subject_last_token
+    from helpers.reference import subject_last_token
+
+    from editdecay.analyze.shift import activation_shift
     from editdecay.models.registry import load_model
 
     model, tok = load_model(folders["base"])
@@ -104,7 +106,7 @@ def test_edit_shift_equals_delta_times_the_projection_input(folders):
 
 
 def test_subject_last_token_with_and_without_bos(tiny_tok, tiny_tok_bos):
-    from editdecay.analyze.shift import subject_last_token
+    from helpers.reference import subject_last_token
 
     for tok in (tiny_tok, tiny_tok_bos):
         ids, pos = subject_last_token(tok, "The mother tongue of {} is", "Danielle Darrieux")
@@ -153,7 +155,9 @@ def test_real_smollm2_partial_reversal(smollm2):
     tokenizer."""
     import copy
 
-    from editdecay.analyze.shift import shift_between, subject_last_token
+    from helpers.reference import subject_last_token
+
+    from editdecay.analyze.shift import shift_between
     from editdecay.data.records import EditRecord
 
     base, tok = smollm2

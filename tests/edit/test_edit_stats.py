@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+from helpers.reference import corpus_documents, corpus_hash, token_windows
 
 from editdecay.edit import stats as stats_mod
 from editdecay.edit.stats import (
@@ -23,7 +24,7 @@ from editdecay.edit.stats import (
     stats_settings,
 )
 from editdecay.edit.stats_cache import StatsCache, model_layer_hashes
-from editdecay.edit.stats_text import Corpus, corpus_documents, corpus_hash, token_windows
+from editdecay.edit.stats_text import Corpus
 from editdecay.errors import DataError
 from editdecay.models.arch import get_adapter
 

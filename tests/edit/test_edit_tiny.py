@@ -23,7 +23,6 @@ from editdecay.edit.hparams import (
     hparams_from_dict,
     model_key,
     parse_layers,
-    parse_override,
     resolve_hparams,
 )
 from editdecay.edit.keys import subject_pass
@@ -35,6 +34,7 @@ from editdecay.edit.stats import StatsCache, second_moments
 from editdecay.edit.targets import compute_target_reference, compute_targets
 from editdecay.errors import ConfigError, DataError, NumericalError
 from editdecay.models.arch import get_adapter
+from editdecay.util.overrides import parse_override
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread: see conftest.py
 
@@ -292,8 +292,10 @@ def test_hparams_defaults_overrides_and_errors(make_tiny):
     with pytest.raises(ConfigError, match="v_loss_layer"):
         resolve_hparams("memit", model, overrides={"v_loss_layer": 1})
     assert parse_layers("4-6,9") == [4, 5, 6, 9]
+    # --set goes through the one override parser (util.overrides); `editdecay edit` reads layers with parse_layers
     assert parse_override("mom2_update_weight=150") == ("mom2_update_weight", 150)
-    assert parse_override("layers=3,4") == ("layers", [3, 4])
+    key, value = parse_override("layers=3,4")
+    assert (key, parse_layers(value)) == ("layers", [3, 4])
     with pytest.raises(ConfigError):
         parse_override("novalue")
     # a reference-code JSON file works as is (descriptive keys ignored)

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from helpers.reference import token_loss_sum
 
 from editdecay.cli import main as cli_main
 from editdecay.data.records import load_edit_records
 from editdecay.finetune.data import TrainData, load_examples
-from editdecay.finetune.train import token_loss_sum
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("one_thread")]  # one thread: conftest.py
 

@@ -6,13 +6,14 @@ import math
 
 import pytest
 import torch
+from helpers.reference import token_loss_sum
 
 from editdecay.data.corpora import TrainExample
 from editdecay.errors import ConfigError, DataError
 from editdecay.finetune import select as sel
 from editdecay.finetune.config import DEFAULT_LR, FinetuneConfig, parse_layers
 from editdecay.finetune.data import IGNORE_INDEX, TrainData, encode_example
-from editdecay.finetune.train import lr_at, token_loss_sum, total_steps, warmup_steps
+from editdecay.finetune.train import lr_at, total_steps, warmup_steps
 from editdecay.models.arch import get_adapter
 from editdecay.models.tiny import TINY_ARCHS
 from editdecay.util.overrides import parse_value as parse_set_value

@@ -1,7 +1,9 @@
 """Shared test helpers (not tests): the test modules import these instead of each other.
 
 ``bigram`` (a bigram LM with designed probabilities and its closed forms), ``edits`` (tiny edit requests and
-fast settings), ``store`` (a results store with the design schema built by plain SQL, artifact folders for it).
+fast settings), ``store`` (a results store with the design schema built by plain SQL, artifact folders for it),
+``reference`` (test-only references: statistics windows and corpus hash, the per-token loss sum, the subject's
+last token).
 Fixtures live in ``tests/conftest.py``; ``pyproject.toml`` puts ``tests/`` on the path (``pythonpath``).
 """
 

@@ -73,3 +73,12 @@ def test_finetune_set_uses_the_same_parser():
     assert cfg.lr == 0.5 and cfg.warmup_steps == 10 and cfg.train_extra == ["norms"]
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         config_from_args(build_parser().parse_args(["finetune", "--model", "m", "--out", "o", "--set", "r"]))
+
+
+def test_hparams_yaml_file_reads_like_set(tmp_path):
+    """An --hparams YAML file goes through the same YAML 1.2 scalars as --set: `v_lr: 5e-1` is 0.5."""
+    from editdecay.edit.hparams import load_hparams_file
+
+    path = tmp_path / "hp.yaml"
+    path.write_text("v_lr: 5e-1\nmom2_update_weight: 1.5e3\nlayers: [1, 2]\n")
+    assert load_hparams_file(path) == {"v_lr": 0.5, "mom2_update_weight": 1500.0, "layers": [1, 2]}

@@ -37,15 +37,6 @@ def subject_positions(tokenizer: Any, records: list[Any]) -> list[tuple[list[int
     return [(list(ids), int(pos)) for ids, pos in zip(rows.ids, rows.lookup, strict=True)]
 
 
-def subject_last_token(tokenizer: Any, template: str, subject: str) -> tuple[list[int], int]:
-    """Token ids of the filled prompt (with the tokenizer's prefix specials) and the index of the subject's
-    last token in them, as the editor finds it (:func:`subject_positions`)."""
-    from types import SimpleNamespace
-
-    return subject_positions(tokenizer, [SimpleNamespace(case_id="<prompt>", subject=subject, prompt=template,
-                                                         target_new="")])[0]
-
-
 def hidden_at(model: Any, tokenizer: Any, prompts: list[tuple[list[int], int]], layers: list[int],
               batch_size: int = 16, desc: str = "") -> dict[int, np.ndarray]:
     """Decoder-layer outputs at the given token positions: layer -> [n_prompts, d_model] (float64)."""

@@ -279,9 +279,9 @@ def load_hparams_file(path: str | os.PathLike) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+            from editdecay.util.overrides import load_yaml
 
-            data = yaml.safe_load(text)
+            data = load_yaml(text)  # YAML 1.2 scalars: `v_lr: 5e-1` reads as with --set v_lr=5e-1
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error becomes a config error naming the file
@@ -289,25 +289,6 @@ def load_hparams_file(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"hparams file {path}: expected a mapping of keys to values")
     return data
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value parsed as YAML (numbers, lists, null) -> (key, value)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    import yaml
-
-    try:
-        value = yaml.safe_load(raw)
-    except Exception:  # noqa: BLE001
-        value = raw
-    if key == "layers" and isinstance(value, str):
-        value = parse_layers(value)
-    elif key == "layers" and isinstance(value, int):
-        value = [value]
-    return key, value
 
 
 def parse_layers(text: str) -> list[int]:
@@ -346,4 +327,4 @@ def resolve_hparams(
 
 __all__ = ["EditHparams", "AlphaEditHparams", "HparamsWarning", "DEFAULTS", "MODULE_KEYS", "NO_EFFECT_KEYS",
            "model_key", "generic_layers", "default_hparams", "hparams_from_dict", "expected_modules",
-           "load_hparams_file", "parse_override", "parse_layers", "resolve_hparams"]
+           "load_hparams_file", "parse_layers", "resolve_hparams"]

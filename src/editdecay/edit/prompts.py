@@ -171,9 +171,6 @@ class SubjectPrompts:
                 lookup.append(idx)
         return cls(ids, lookup, len(flat), [g for g, _ in flat])
 
-    def bare_rows(self) -> list[int]:
-        return list(range(0, len(self.ids), self.n_templates))
-
     def average_keys(self, per_row: torch.Tensor) -> torch.Tensor:
         """[n_rows, d] -> [n_requests, d]: mean within each template group, then across groups."""
         n_req = len(self.ids) // self.n_templates

@@ -356,26 +356,3 @@ def _sorted_chunks(pool: list[list[int]], batch_size: int) -> Iterator[list[list
     pool = sorted(pool, key=len, reverse=True)
     for lo in range(0, len(pool), batch_size):
         yield pool[lo:lo + batch_size]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# whole lists (tests and small budgets only)
-
-
-def corpus_documents(corpora: Sequence[str]) -> list[str]:
-    """Documents of the named corpora, interleaved round-robin (so a small budget samples all of them)."""
-    out = list(Corpus(corpora).documents())
-    if not out:
-        raise DataError(",".join(corpora), "the statistics corpora hold no text")
-    return out
-
-
-def corpus_hash(corpora: Sequence[str]) -> str:
-    """The corpus hash every statistics cache key names (:meth:`Corpus.hash`)."""
-    return Corpus(corpora).hash()
-
-
-def token_windows(tok: Any, corpora: Sequence[str], n_tokens: int | None, seq_len: int,
-                  n_samples: int | None = None) -> list[list[int]]:
-    """The windows :func:`editdecay.edit.stats.second_moments` counts, as a list."""
-    return list(WindowStream(tok, Corpus(corpora), seq_len, None if n_samples is not None else n_tokens, n_samples))

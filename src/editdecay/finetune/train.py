@@ -68,13 +68,6 @@ def warmup_steps(cfg: FinetuneConfig, total: int) -> int:
     return cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total)
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over positions whose label is not -100."""
-    shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-
-
 @contextmanager
 def loss_positions_only(unembed: nn.Module, labels: torch.Tensor):
     """While active, the unembedding sees only the hidden states whose next token carries a label.

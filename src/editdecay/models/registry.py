@@ -75,8 +75,6 @@ REGISTRY: dict[str, RegisteredModel] = {
     ),
 }
 
-DEFAULT_MODEL = "smollm2-135m"
-
 
 def editdecay_home() -> Path:
     """Cache root: $EDITDECAY_HOME, else $XDG_CACHE_HOME/editdecay, else ~/.cache/editdecay."""
