@@ -11,7 +11,7 @@ from helpers.reference import token_loss_sum
 from editdecay.data.corpora import TrainExample
 from editdecay.errors import ConfigError, DataError
 from editdecay.finetune import select as sel
-from editdecay.finetune.config import DEFAULT_LR, FinetuneConfig, parse_layers
+from editdecay.finetune.config import DEFAULT_LR, FinetuneConfig, parse_layer_setting
 from editdecay.finetune.data import IGNORE_INDEX, TrainData, encode_example
 from editdecay.finetune.train import lr_at, total_steps, warmup_steps
 from editdecay.models.arch import get_adapter
@@ -55,9 +55,9 @@ def test_bad_config_names_the_key(bad, key):
 
 
 def test_layer_specs_and_set_values():
-    assert parse_layers("4,5,6") == [4, 5, 6]
-    assert parse_layers("6-8,2") == [2, 6, 7, 8]
-    assert parse_layers("Non-Edited") == "non-edited"
+    assert parse_layer_setting("4,5,6") == [4, 5, 6]
+    assert parse_layer_setting("6-8,2") == [2, 6, 7, 8]
+    assert parse_layer_setting("Non-Edited") == "non-edited"
     assert parse_set_value("5e-6") == 5e-6 and parse_set_value("16") == 16
     assert parse_set_value("null") is None and parse_set_value("cosine") == "cosine"
     assert parse_set_value("[embed, norms]") == ["embed", "norms"]

@@ -216,12 +216,12 @@ def _integers(path: str, key: str, values: list[Any], positive: bool) -> list[in
 
 
 def _parse_layer_selections(path: str, raw: dict[str, Any]) -> list[Any]:
-    from editdecay.finetune.config import parse_layers
+    from editdecay.finetune.config import parse_layer_setting
 
     out = []
     for sel in _as_list(path, "layers", raw.get("layers", ["all"])):
         try:
-            out.append(parse_layers(sel))
+            out.append(parse_layer_setting(sel))
         except ConfigError as exc:
             hint = " (each entry is one selection: write [[4, 5]] or ['4-5'] for layers 4 and 5 together)" \
                 if isinstance(sel, int) else ""
@@ -311,7 +311,7 @@ def _check_downstream(path: str, downstream: Any) -> None:
 
 
 def _parse_override(path: str, key: str, ov: Any) -> dict[str, Any]:
-    from editdecay.finetune.config import parse_layers
+    from editdecay.finetune.config import parse_layer_setting
 
     if not isinstance(ov, dict):
         raise key_error(path, key, "must be a mapping with 'when' and 'edit'/'finetune'")
@@ -326,7 +326,7 @@ def _parse_override(path: str, key: str, ov: Any) -> dict[str, Any]:
         raise key_error(path, f"{key}.when", f"an edit override may only depend on {', '.join(EDIT_AXES)}: one "
                         "edit serves every fine-tuning setting")
     if "layers" in when:
-        when["layers"] = parse_layers(when["layers"])
+        when["layers"] = parse_layer_setting(when["layers"])
     return {"when": when, "edit": _mapping(path, f"{key}.edit", ov.get("edit")),
             "finetune": _mapping(path, f"{key}.finetune", ov.get("finetune"))}
 

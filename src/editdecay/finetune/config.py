@@ -124,7 +124,7 @@ class FinetuneConfig:
             raise bad("type", f"must be one of {', '.join(FT_TYPES)}")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"must be one of {', '.join(SCHEDULES)}")
-        self.layers = parse_layers(self.layers)
+        self.layers = parse_layer_setting(self.layers)
         if not isinstance(self.modules, str) or not self.modules.strip():
             raise bad("modules", "must be a non-empty comma-separated string such as 'attn,mlp'")
         if not isinstance(self.data, str) or not self.data:
@@ -188,7 +188,7 @@ class FinetuneConfig:
             raise bad("reedit_z", f"must be one of {', '.join(REEDIT_Z)}")
 
 
-def parse_layers(spec: Any) -> str | list[int]:
+def parse_layer_setting(spec: Any) -> str | list[int]:
     """'all' | 'edited' | 'non-edited' | '4,5,6' | '4-6' | [4, 5, 6] -> a word or a sorted list of ints."""
     if isinstance(spec, str):
         text = spec.strip().lower().replace("non_edited", "non-edited")

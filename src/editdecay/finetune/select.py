@@ -19,7 +19,7 @@ from editdecay.artifacts import (
     read_edit_manifest as read_edit_manifest,  # the edit folder's reader, re-exported
 )
 from editdecay.errors import ConfigError
-from editdecay.finetune.config import FinetuneConfig, parse_layers
+from editdecay.finetune.config import FinetuneConfig, parse_layer_setting
 from editdecay.models.arch import ArchAdapter, _get, get_adapter
 
 
@@ -37,7 +37,7 @@ def resolve_layers(
     spec: str | list[int], n_layers: int, edit_manifest: dict[str, Any] | None = None
 ) -> list[int]:
     """Layer indices for a selection; 'edited'/'non-edited' need the edit manifest's "layers"."""
-    spec = parse_layers(spec)
+    spec = parse_layer_setting(spec)
     if spec == "all":
         return list(range(n_layers))
     if spec in ("edited", "non-edited"):
