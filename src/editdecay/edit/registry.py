@@ -38,6 +38,8 @@ class Method:
     hparams: type[EditHparams]
     module: str  # provides build_rule(...) and STATE
     summary: str = ""
+    # (edited layers, key width f) -> (extra peak bytes, extra disk bytes) by part, for `editdecay plan`
+    state_cost: Callable[[int, int], tuple[dict[str, int], dict[str, int]]] | None = None
 
     def rule_module(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -53,11 +55,16 @@ class Method:
         return getattr(self.rule_module(), "STATE", None)
 
 
+def _alphaedit_cost(n_layers: int, f: int) -> tuple[dict[str, int], dict[str, int]]:
+    """The null-space projections P and the preserved keys' K_pK_pᵀ (float64, eigh workspace), kept per layer."""
+    return ({"AlphaEdit projection": (2 * n_layers + 2) * f * f * 8}, {"AlphaEdit state": 2 * n_layers * f * f * 4})
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("memit", "MEMIT", EditHparams, "editdecay.edit.memit",
            "ΔW = R Kᵀ (λC + KKᵀ)⁻¹ (Meng et al. 2022)"),
     Method("alphaedit", "AlphaEdit", AlphaEditHparams, "editdecay.edit.alphaedit",
-           "MEMIT's update projected onto the null space of preserved keys (Fang et al. 2025)"),
+           "MEMIT's update projected onto the null space of preserved keys (Fang et al. 2025)", _alphaedit_cost),
 )}
 
 

@@ -180,6 +180,7 @@ def _adapted(ft: dict[str, Any], s: ModelShape) -> list[tuple[int, int]]:
 
 def estimate_stage(spec: Any, s: ModelShape, grid: Any = None) -> StageCost:
     """Peak memory and disk of one stage (see the module docstring for every part)."""
+    from editdecay.edit.registry import get_method
     from editdecay.finetune.config import FinetuneConfig
 
     dtype = stage_dtype(spec, grid)
@@ -224,9 +225,11 @@ def estimate_stage(spec: Any, s: ModelShape, grid: Any = None) -> StageCost:
             parts["solve (float64)"] = 3 * f * f * 8
             parts["keys and prompt states"] = cached + n_edits * (f + d) * 8
             disk["deltas"] = len(layers) * d * f * 4
-            if cfg.get("method") == "alphaedit":
-                parts["AlphaEdit projection"] = (2 * len(layers) + 2) * f * f * 8  # P, K_pK_pᵀ; eigh workspace
-                disk["AlphaEdit state"] = 2 * len(layers) * f * f * 4
+            method = get_method(cfg["method"]) if cfg.get("method") else None
+            if method is not None and method.state_cost is not None:
+                extra_peak, extra_disk = method.state_cost(len(layers), f)
+                parts.update(extra_peak)
+                disk.update(extra_disk)
             if cfg.get("keep_model"):
                 disk["model copy (keep)"] = weights
         disk["manifest"] = n_edits * 2048
