@@ -390,3 +390,41 @@ def test_the_grid_description_heads_every_format_escaped(tmp_path, tiny_tok):
     md = (out / "report.md").read_text()
     assert "**demo**: Strong edits at 40 steps" in md and XSS not in md
     assert render_text(build_report(store, with_figures=False)).splitlines()[2].startswith("demo: Strong edits")
+
+
+def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path):
+    """With per-edit ES magnitudes stored, every finding carries a second verdict on them: here AlphaEdit's edits
+    lose more margin than MEMIT's (known amounts), so that claim is supported on magnitude and its reverse is not,
+    whatever the binary flips say; the decay claim is judged on the before/after magnitudes."""
+    from editdecay.report.findings import all_findings, compare_conditions
+    from editdecay.report.load import load_results
+
+    store = build_store(tmp_path / "m.db", seeds=(0,), models=MODELS[:1], methods=("memit", "alphaedit"),
+                        ft_types=("lora",), layers=("all",))
+    conn = sqlite3.connect(store)
+    groups = conn.execute("SELECT r.method, g.grp, g.eval_stage_id FROM runs r JOIN run_groups g USING (run_id) "
+                          "WHERE g.grp IN ('M_ed', 'M_ed_ft')").fetchall()
+    loss = {"memit": lambda i: 0.002 * i, "alphaedit": lambda i: 0.002 * i + 0.05}
+    for method, grp, sid in groups:
+        for i in range(N_RECORDS):
+            value = 0.9 if grp == "M_ed" else 0.9 - loss[method](i)
+            conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (sid, f"cf{i}", "efficacy_magnitude", value))
+    conn.commit()
+    conn.close()
+    res = load_results(store)
+    more = compare_conditions(res, "AlphaEdit decays more", "method", "alphaedit", "memit")
+    assert more.margin_verdict == "supported"
+    assert f"over {N_RECORDS} paired edits" in more.margin_evidence and "(+5.0)" in more.margin_evidence
+    assert compare_conditions(res, "MEMIT decays more", "method", "memit", "alphaedit").margin_verdict == \
+        "not supported"
+    decay = all_findings(res)[0]
+    assert decay.margin_verdict == "supported" and "Wilcoxon" in decay.margin_evidence
+    # no layer selections in this store: no pairs, no margin verdict either
+    assert all_findings(res)[2].margin_verdict == "not enough data"
+
+
+def test_findings_without_magnitudes_have_no_margin_verdict(written):
+    out, _ = written
+    findings = json.loads((out / "findings.json").read_text())
+    assert [f["margin_verdict"] for f in findings] == ["not enough data"] * 4
+    assert "on ES magnitude" in (out / "report.md").read_text()

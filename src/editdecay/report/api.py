@@ -72,7 +72,8 @@ def write_report(results: str | os.PathLike | Results, out: str | os.PathLike, *
     written["html"], written["markdown"] = str(out / "report.html"), str(out / "report.md")
     atomic_write_json(out / "findings.json", [
         {"claim": f.claim, "verdict": f.verdict, "evidence": f.evidence,
-         "tests": [t.__dict__ for t in f.tests]} for f in report.findings])
+         "tests": [t.__dict__ for t in f.tests], "margin_verdict": f.margin_verdict,
+         "margin_evidence": f.margin_evidence} for f in report.findings])
     return written
 
 

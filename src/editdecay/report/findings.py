@@ -7,6 +7,13 @@ reported alongside); with fewer, on McNemar's exact test per edit (edits of pair
 among those that succeeded under both conditions before fine-tuning: "flipped under A only" vs "under B
 only"). A claim is *supported* when the effect points the claimed way and p < alpha, *not supported* when it
 does not, and *not enough data* when the store has no run pairs to compare.
+
+Each claim is also judged on the continuous measure beside binary success, the per-edit ES magnitude
+P(new) − P(true) (MEMIT's "efficacy magnitude"), where the store has it: success can hold while the margin
+shrinks, which is what decay looks like at budgets too small to flip edits. Decay: Wilcoxon signed-rank of the
+magnitudes before vs after fine-tuning. A comparison: Wilcoxon signed-rank of the per-edit magnitude drops under
+``a`` vs under ``b``, edits matched by case_id across paired runs. That verdict is reported beside the study's
+(``margin_verdict``), never in its place.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ class Finding:
     verdict: str
     evidence: str  # one sentence with the numbers
     tests: list[stats.TestResult] = field(default_factory=list)
+    margin_verdict: str = NO_DATA  # the same claim judged on per-edit ES magnitude (module docstring)
+    margin_evidence: str = "no per-edit ES magnitudes in the store"
 
 
 def _drop(res: Results, run: Run) -> float | None:
@@ -83,7 +92,36 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
     evidence = (f"fewer than {min_pairs} paired runs ({len(pairs)}), so per edit: of {m.n} edits successful under "
                 f"both before fine-tuning, flip rate {a} {100 * sum(flips_a) / m.n:.1f}% vs {b} "
                 f"{100 * sum(flips_b) / m.n:.1f}%; {m.describe()}")
-    return Finding(claim, verdict, evidence, [m])
+    return _with_margin(Finding(claim, verdict, evidence, [m]), res, pairs, a, b, alpha)
+
+
+def _magnitude_drops(res: Results, run: Run) -> dict[str, float]:
+    """Per edit: ES magnitude of M_ed minus that of M_ed_ft (case_id -> drop), where both are stored."""
+    before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
+    return {case: before[case]["efficacy_magnitude"] - after[case]["efficacy_magnitude"]
+            for case in sorted(set(before) & set(after))
+            if "efficacy_magnitude" in before[case] and "efficacy_magnitude" in after[case]}
+
+
+def _with_margin(finding: Finding, res: Results, pairs: list[tuple[Run, Run]], a: str, b: str,
+                 alpha: float) -> Finding:
+    """Add the margin verdict of "``a`` removes more than ``b``": per-edit magnitude drops, paired by case_id."""
+    drops_a: list[float] = []
+    drops_b: list[float] = []
+    for x, y in pairs:
+        da, db = _magnitude_drops(res, x), _magnitude_drops(res, y)
+        for case in sorted(set(da) & set(db)):
+            drops_a.append(da[case])
+            drops_b.append(db[case])
+    if not drops_a:
+        return finding
+    w = stats.wilcoxon_signed_rank(drops_a, drops_b)
+    diff = sum(drops_a) / len(drops_a) - sum(drops_b) / len(drops_b)
+    finding.margin_verdict = _verdict(w, alpha, diff > 0)
+    finding.margin_evidence = (f"ES magnitude drop per edit {a} {100 * sum(drops_a) / len(drops_a):.1f} vs {b} "
+                               f"{100 * sum(drops_b) / len(drops_b):.1f} points ({diff * 100:+.1f}) over {w.n} "
+                               f"paired edits; {w.describe()}")
+    return finding
 
 
 def edits_decay(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> Finding:
@@ -105,6 +143,9 @@ def edits_decay(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> Findin
         tests = [*tests, test]
         evidence += (f". ES magnitude (P(new) − P(true) per edit) is {100 * drop:.1f} points lower on average after "
                      f"fine-tuning over {n} edits: {test.describe()} (reported beside the verdict, not its test)")
+        return Finding(claim, verdict, evidence, tests, _verdict(test, alpha, drop > 0),
+                       f"ES magnitude {100 * drop:.1f} points lower after fine-tuning over {n} edits; "
+                       f"{test.describe()}")
     return Finding(claim, verdict, evidence, tests)
 
 
@@ -134,25 +175,33 @@ def all_findings(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> list[
     vs_all = compare_conditions(res, "", "layers", "edited", "all", alpha, min_pairs)
     vs_non = compare_conditions(res, "", "layers", "edited", "non-edited", alpha, min_pairs)
     parts = [vs_all, vs_non]
-    verdicts = {p.verdict for p in parts}
-    verdict = SUPPORTED if verdicts == {SUPPORTED} else NO_DATA if verdicts == {NO_DATA} else (
-        NOT_SUPPORTED if NOT_SUPPORTED in verdicts else NO_DATA)
-    findings.append(Finding("Fine-tuning only the edited layers removes edits best", verdict,
+    findings.append(Finding("Fine-tuning only the edited layers removes edits best", _both([p.verdict for p in parts]),
                             f"vs all layers: {vs_all.verdict} ({vs_all.evidence}). vs non-edited layers: "
-                            f"{vs_non.verdict} ({vs_non.evidence})", vs_all.tests + vs_non.tests))
+                            f"{vs_non.verdict} ({vs_non.evidence})", vs_all.tests + vs_non.tests,
+                            _both([p.margin_verdict for p in parts]),
+                            f"vs all layers: {vs_all.margin_verdict} ({vs_all.margin_evidence}). vs non-edited "
+                            f"layers: {vs_non.margin_verdict} ({vs_non.margin_evidence})"))
     findings.append(compare_conditions(res, "Fine-tuning only the non-edited layers erases more edits than full "
                                        "fine-tuning", "layers", "non-edited", "all", alpha, min_pairs))
     return findings
+
+
+def _both(verdicts: list[str]) -> str:
+    """A claim made of parts holds when every part does; it fails when one part fails, else there is no data."""
+    kinds = set(verdicts)
+    return SUPPORTED if kinds == {SUPPORTED} else NOT_SUPPORTED if NOT_SUPPORTED in kinds else NO_DATA
 
 
 def findings_table(findings: list[Finding]) -> Table:
     table = Table("findings", "Findings", "Each claim of the study, the verdict on these results, and its statistic.",
                   [Column("claim", "claim"), Column("verdict", "verdict"), Column("test", "test"),
                    Column("p", "p", "p"), Column("effect", "effect", "float"), Column("effect_name", "effect size"),
-                   Column("evidence", "evidence")])
+                   Column("evidence", "evidence"), Column("margin_verdict", "verdict on ES magnitude"),
+                   Column("margin_evidence", "ES magnitude evidence")])
     for f in findings:
         main = f.tests[0] if f.tests else None
         table.rows.append({"claim": f.claim, "verdict": f.verdict, "test": main.test if main else None,
                            "p": main.pvalue if main else None, "effect": main.effect if main else None,
-                           "effect_name": main.effect_name if main else None, "evidence": f.evidence})
+                           "effect_name": main.effect_name if main else None, "evidence": f.evidence,
+                           "margin_verdict": f.margin_verdict, "margin_evidence": f.margin_evidence})
     return table

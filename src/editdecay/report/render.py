@@ -165,8 +165,11 @@ def render_html(report: Report) -> str:
     parts.append("<h2>Findings</h2>")
     for f in report.findings:
         cls = f.verdict.replace(" ", "-")
+        margin = f.margin_verdict.replace(" ", "-")
         parts.append(f'<div class="finding"><span class="verdict {esc_html(cls)}">{esc_html(f.verdict)}</span> '
-                     f"{esc_html(f.claim)}<div class=\"evidence\">{esc_html(f.evidence)}</div></div>")
+                     f"{esc_html(f.claim)}<div class=\"evidence\">{esc_html(f.evidence)}</div>"
+                     f'<div class="evidence">on ES magnitude: <span class="verdict {esc_html(margin)}">'
+                     f"{esc_html(f.margin_verdict)}</span> {esc_html(f.margin_evidence)}</div></div>")
     parts.append("<h2>Tables</h2>")
     parts += [table_html(t) for t in report.tables if t.name != "findings"]
     parts.append("<h2>Figures</h2>")
@@ -211,7 +214,8 @@ def render_markdown(report: Report, figure_dir: str = "figures") -> str:
     for name, text in report.about:
         out += ["", f"**{esc_md(name)}**: {esc_md(text)}"]
     out += ["", "## Findings", ""]
-    out += [f"- **{esc_md(f.verdict)}**: {esc_md(f.claim)}. {esc_md(f.evidence)}" for f in report.findings]
+    out += [f"- **{esc_md(f.verdict)}**: {esc_md(f.claim)}. {esc_md(f.evidence)}\n  - on ES magnitude: "
+            f"**{esc_md(f.margin_verdict)}**: {esc_md(f.margin_evidence)}" for f in report.findings]
     out += ["", "## Tables", ""]
     out += [table_md(t) for t in report.tables if t.name != "findings"]
     out += ["## Figures", ""]
@@ -258,7 +262,8 @@ def table_text(table: Table, max_width: int = 40) -> str:
 def render_text(report: Report, table_names: tuple[str, ...] | None = None) -> str:
     out = [_clean(report.title), ""]
     out += [_clean(f"{name}: {text}") + "\n" for name, text in report.about]
-    out += [f"[{f.verdict}] {_clean(f.claim)}\n    {_clean(f.evidence)}" for f in report.findings]
+    out += [f"[{f.verdict}] {_clean(f.claim)}\n    {_clean(f.evidence)}\n    on ES magnitude: "
+            f"[{f.margin_verdict}] {_clean(f.margin_evidence)}" for f in report.findings]
     for table in report.tables:
         if table_names is None or table.name in table_names:
             out += ["", table_text(table)]
