@@ -126,11 +126,17 @@ def _collect(model: nn.Module, adapter: ArchAdapter, windows: Iterable[list[int]
     def hook_for(layer: int):
         def hook(_m, args, kwargs):
             x = hidden_arg(args, kwargs)
-            x = x.reshape(-1, x.shape[-1]).float()  # a bf16/fp16 model's keys: the Gram matrix in float32
+            x = x.reshape(-1, x.shape[-1])
             if keep[0] is not None:
                 x = x[keep[0]]
-            gram = (x.T @ x).to(accum_dtype)
-            sums[layer] = sums[layer] + gram if layer in sums else gram
+            x = x.float()  # a bf16/fp16 model's keys: the Gram matrix in float32
+            gram = x.T @ x
+            del x
+            if layer in sums:
+                sums[layer].add_(gram)  # in place, in accum_dtype: the same sum as sums + gram.to(accum_dtype)
+            else:
+                sums[layer] = gram.to(accum_dtype)
+            del gram
             if layer == deepest:
                 raise _StopForward
         return hook
@@ -268,7 +274,7 @@ def second_moments(
         if stream.exhausted:
             counted = stream.counted_samples if unit == "samples" else used
         for layer in missing:
-            cov[layer] = (sums[layer] / used).to(acc).cpu()
+            cov[layer] = sums.pop(layer).div_(used).to(acc).cpu()  # in place: no second d×d copy per layer
             keys[layer] = keys_for(counted)[layer] if counted is not None else asked[layer]
             if cache is not None:
                 dim = cov[layer].shape[0]
