@@ -135,6 +135,62 @@ def test_second_moments_of_bf16_model_are_float64_and_close(make_tiny):
         assert rel < 0.05, rel  # bf16 activations differ by ~1%; the Gram matrix itself is float32
 
 
+def test_second_moments_of_bf16_model_are_its_keys_outer_products(make_tiny):
+    """A bf16 model's C is E[k kᵀ] of its own bf16 keys, formed in float32 and summed in float64 (the in-place
+    accumulation adds each batch's float32 Gram matrix to the float64 sum without a float64 copy)."""
+    from helpers.reference import token_windows
+
+    model, tok = make_tiny("llama", n_layers=2)
+    model = _bf16(model)
+    adapter = get_adapter(model)
+    res = second_moments(model, tok, adapter, [1], n_tokens=300, seq_len=50, cache=None, progress=False)
+    seen = []
+    handle = adapter.rewrite_module(model, 1).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        for w in token_windows(tok, ["wikitext", "wikipedia"], 300, 50):
+            model(input_ids=torch.tensor([w]))
+    handle.remove()
+    keys = torch.cat([k.reshape(-1, k.shape[-1]) for k in seen])
+    assert keys.dtype == torch.bfloat16 and keys.shape[0] == 300
+    keys = keys.double()  # bf16 -> float64 is exact
+    assert res.cov[1].dtype == torch.float64
+    torch.testing.assert_close(res.cov[1], keys.T @ keys / keys.shape[0], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_half_precision_cpu_z_optimisation_runs_eager_attention(make_tiny, monkeypatch, arch):
+    """A bf16 model on the CPU optimises z with eager attention (torch's CPU sdpa backward is slow in bf16) and
+    gets its own implementation back; a float32 model keeps sdpa, so its results do not change; the bf16 z
+    land within bf16 rounding of the float32 model's z."""
+    from editdecay.edit import targets as targets_mod
+    from editdecay.models import device as device_mod
+
+    model32, tok = make_tiny(arch)
+    sharpen(model32)
+    model16 = _bf16(copy.deepcopy(model32))
+    assert model16.config._attn_implementation == model32.config._attn_implementation == "sdpa"
+    seen = []
+    real = targets_mod._optimise_chunk
+
+    def spy(model, *args, **kwargs):
+        seen.append(model.config._attn_implementation)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(targets_mod, "_optimise_chunk", spy)
+    hp = hparams_from_dict("memit", FAST)
+    requests = [Request.from_record(r) for r in RECORDS]
+    templates = [["{}"], ["The cat sat on the mat. {}"]]
+    t32 = compute_targets(model32, tok, get_adapter(model32), requests, templates, hp, cache=None)
+    t16 = compute_targets(model16, tok, get_adapter(model16), requests, templates, hp, cache=None)
+    assert seen == ["sdpa", "eager"]
+    assert model16.config._attn_implementation == model32.config._attn_implementation == "sdpa"
+    assert device_mod.backward_attention(model32) is None and device_mod.backward_attention(model16) == "eager"
+    assert t16.z.dtype == torch.float32 and t16.steps == t32.steps
+    for a, b, h in zip(t16.z, t32.z, t32.h_init, strict=True):
+        assert float((a - b).norm() / (b - h).norm()) < 0.05  # measured <= 0.03 (sdpa in bf16: up to 0.4 on gpt2)
+    assert t16.prob == pytest.approx(t32.prob, rel=0.05, abs=1e-4)
+
+
 def test_bf16_full_finetune_keeps_float32_masters(make_tiny, tmp_path, tiny_tok):
     """Updates far below bf16's resolution accumulate in the float32 masters instead of rounding away, the
     optimizer state is float32, the saved model is bf16, and a run interrupted mid-way resumes bit-identically."""

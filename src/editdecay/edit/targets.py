@@ -29,6 +29,7 @@ from editdecay.edit.replay import CachedRunner, FullRunner
 from editdecay.edit.targets_cache import TargetCache, TargetRow, model_key, request_key
 from editdecay.errors import NumericalError
 from editdecay.models.arch import ArchAdapter
+from editdecay.models.device import attention_for_backward
 
 
 @dataclass
@@ -93,7 +94,9 @@ def compute_targets(
     n_chunks = -(-len(todo) // size)
     bar = _bar(progress, n_chunks * max(1, hparams.v_num_grad_steps), "target values", unit="step")
     probs_done: list[float] = [row.prob for row in rows if row is not None]
-    with frozen(model):
+    # a bf16/fp16 model on the CPU optimises with eager attention (its sdpa backward is slow there; float32 and
+    # GPUs keep theirs): see editdecay.models.device.backward_attention
+    with frozen(model), attention_for_backward(model):
         for c, lo in enumerate(range(0, len(todo), size)):
             idx = todo[lo:lo + size]
             chunk = [requests[i] for i in idx]

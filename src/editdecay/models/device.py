@@ -10,6 +10,8 @@ otherwise. Editing maths (keys, z, second moments, solves) stays float32/float64
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from editdecay.errors import ConfigError
@@ -145,5 +147,50 @@ def apply_device_args(args: Any) -> tuple[Any, Any]:
     return device, dtype
 
 
+# attention implementations whose CPU backward is slow in half precision (measured on torch 2.13, avx512_bf16:
+# the CPU flash-attention backward in bfloat16 takes 3-5x the time of the matmul-based eager attention, and
+# about a third of a bf16 target-value optimisation)
+_SLOW_HALF_CPU_BACKWARD = ("sdpa",)
+
+
+def backward_attention(model: Any) -> str | None:
+    """The attention implementation to switch to for a forward+backward on ``model``, or None to keep its own.
+
+    Only a half-precision (bfloat16/float16) model on the CPU whose attention is ``sdpa`` switches (to
+    ``eager``): torch's CPU flash-attention backward has no fast half-precision kernel, while eager attention
+    is matmuls (fast in bf16) with its softmax in float32. A float32 model, or any model on a GPU, keeps
+    its implementation, so its results do not change.
+    """
+    import torch
+
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current not in _SLOW_HALF_CPU_BACKWARD or not hasattr(model, "set_attn_implementation"):
+        return None
+    if model_device(model).type != "cpu" or model_dtype(model) not in (torch.bfloat16, torch.float16):
+        return None
+    return "eager"
+
+
+@contextmanager
+def attention_for_backward(model: Any) -> Iterator[str | None]:
+    """Run the block with :func:`backward_attention`'s choice (restored afterwards); yields the one switched to."""
+    switch = backward_attention(model)
+    if switch is None:
+        yield None
+        return
+    before = model.config._attn_implementation
+    try:
+        model.set_attn_implementation(switch)
+    except (ValueError, ImportError, AttributeError):  # an architecture that cannot switch: keep its own
+        yield None
+        return
+    try:
+        yield switch
+    finally:
+        model.set_attn_implementation(before)
+
+
 __all__ = ["DTYPES", "default_device", "resolve_device", "resolve_dtype", "dtype_name", "configure_threads",
-           "available_cores", "model_dtype", "model_device", "add_device_args", "apply_device_args"]
+           "available_cores", "model_dtype", "model_device", "add_device_args", "apply_device_args",
+           "backward_attention", "attention_for_backward"]
