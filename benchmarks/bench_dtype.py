@@ -32,6 +32,11 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
@@ -66,6 +71,8 @@ def worker(args: argparse.Namespace) -> dict:
         "peak_above_baseline_mb": round(_maxrss_mb() - baseline, 1),
         "timings_s": {k: round(v, 2) for k, v in {**result.timings, "load": load_s, "evaluate": eval_s}.items()},
         "threads": threads,
+        "cpu_s": round(_cpu_s(), 1),  # user+system CPU seconds of the worker (wall times vary with the machine's load)
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
     }
 
@@ -89,6 +96,7 @@ def main() -> int:
 
     runs = {}
     started = time.time()
+    loadavg_start = os.getloadavg()
     for dtype in args.dtypes.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             out = fh.name
@@ -104,7 +112,8 @@ def main() -> int:
     report: dict = {
         "command": "python benchmarks/bench_dtype.py " + " ".join(sys.argv[1:]),
         "model": args.model, "method": args.method, "n_records": args.n, "mom2_n_tokens": args.mom2_n_tokens,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": loadavg_start,
+                    "loadavg_end": os.getloadavg(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "seconds": round(time.time() - started, 1),
         "runs": runs,
