@@ -33,6 +33,9 @@ SETTINGS = {  # name -> (method, edit strength, fine-tuning overrides)
     "memit-weak-lora-all": ("memit", "weak", {"type": "lora", "layers": "all"}),
     "alphaedit-weak-lora-all": ("alphaedit", "weak", {"type": "lora", "layers": "all"}),
     "memit-strong-full-edited-5e-5": ("memit", "strong", {"type": "full", "layers": "edited", "lr": 5e-5}),
+    # full fine-tuning of every layer at LoRA's rate: what a 135M model needs to move (the study's 5e-6 is for 7-8B)
+    "memit-strong-full-all-2e-4": ("memit", "strong", {"type": "full", "layers": "all", "lr": 2e-4}),
+    "alphaedit-strong-full-all-2e-4": ("alphaedit", "strong", {"type": "full", "layers": "all", "lr": 2e-4}),
 }
 
 
