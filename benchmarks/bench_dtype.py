@@ -54,7 +54,7 @@ def worker(args: argparse.Namespace) -> dict:
     overrides = {"mom2_n_tokens": args.mom2_n_tokens} if args.mom2_n_tokens else None
     with tempfile.TemporaryDirectory() as stats_dir:
         result = api.edit(model, tok, records, method=args.method, overrides=overrides,
-                          stats_cache=StatsCache(stats_dir), targets_cache=False, progress=False)
+                          stats_cache=StatsCache(stats_dir), targets_cache=False, progress=False, seed=args.seed)
     after_edit = _maxrss_mb()
     t1 = time.perf_counter()
     scores = api.evaluate_edits(model, tok, records)
@@ -85,6 +85,8 @@ def main() -> int:
     p.add_argument("--mom2-n-tokens", type=int, default=30000, help="second-moment tokens (0: the default)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--seed", type=int, default=0, help="the edit's seed (its context templates); another seed "
+                   "shows how much a metric moves between two float32 edits of the same records")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
@@ -101,7 +103,8 @@ def main() -> int:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             out = fh.name
         cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--worker-out", out, "--model", args.model,
-               "--method", args.method, "--n", str(args.n), "--mom2-n-tokens", str(args.mom2_n_tokens)]
+               "--method", args.method, "--n", str(args.n), "--mom2-n-tokens", str(args.mom2_n_tokens),
+               "--seed", str(args.seed)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         print(f"[bench_dtype] {dtype}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
@@ -112,6 +115,7 @@ def main() -> int:
     report: dict = {
         "command": "python benchmarks/bench_dtype.py " + " ".join(sys.argv[1:]),
         "model": args.model, "method": args.method, "n_records": args.n, "mom2_n_tokens": args.mom2_n_tokens,
+        "seed": args.seed,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": loadavg_start,
                     "loadavg_end": os.getloadavg(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
