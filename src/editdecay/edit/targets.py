@@ -43,10 +43,6 @@ class Targets:
     prob: list[float]  # final mean target probability exp(-NLL) over the context prompts
     steps: list[int]  # gradient steps taken per request
 
-    @property
-    def delta_norm(self) -> list[float]:
-        return (self.z - self.h_init).norm(dim=-1).tolist()
-
 
 def _logits(model: nn.Module, adapter: ArchAdapter, hidden: torch.Tensor) -> torch.Tensor:
     logits = model.get_submodule(adapter.unembed)(hidden).float()
