@@ -114,6 +114,8 @@ def _with_margin(finding: Finding, res: Results, pairs: list[tuple[Run, Run]], a
             drops_a.append(da[case])
             drops_b.append(db[case])
     if not drops_a:
+        finding.margin_evidence = ("no run pairs to compare" if not pairs
+                                   else "no per-edit ES magnitudes for the paired runs in the store")
         return finding
     w = stats.wilcoxon_signed_rank(drops_a, drops_b)
     diff = sum(drops_a) / len(drops_a) - sum(drops_b) / len(drops_b)
