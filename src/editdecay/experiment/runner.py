@@ -26,8 +26,9 @@ from typing import Any
 from editdecay.artifacts import drop_weights, read_marker, weights_dropped
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.backends import BACKENDS, Backend, capacity, make_backend
-from editdecay.experiment.cost import ensure_plan_fits
+from editdecay.experiment.cost import ensure_plan_fits, estimate_stage_seconds
 from editdecay.experiment.execute import artifact_path, is_complete, log, read_outputs
+from editdecay.experiment.facts import SMOLLM2_PARAMS
 from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
 from editdecay.experiment.schema import Grid, load_grid
 from editdecay.experiment.stages import StageFn
@@ -165,7 +166,9 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
     """Submit every ready stage (all inputs done), record outcomes, skip what depends on a failure."""
     from tqdm import tqdm
 
-    todo = [sid for sid in plan.stages if status[sid] == "pending" and sid not in result.deferred]
+    rank = critical_path_seconds(plan)  # longest chain first: fine-tunes before the evaluations that can wait
+    todo = sorted((sid for sid in plan.stages if status[sid] == "pending" and sid not in result.deferred),
+                  key=lambda sid: -rank[sid])
     bar = tqdm(total=len(todo), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True)
     bar.set_postfix_str(f"{sum(1 for s in status.values() if s == 'done')} already done")
     in_flight: set[str] = set()
@@ -215,6 +218,24 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                 db.refresh_runs()
     finally:
         bar.close()
+
+
+def critical_path_seconds(plan: Plan) -> dict[str, float]:
+    """Per stage: estimated seconds of the longest chain from its start to the end of the grid (itself included).
+
+    The runner starts ready stages in decreasing order of it (list scheduling on the critical path), so a worker
+    that could start an evaluation or a fine-tune starts the fine-tune, whose dependants are still waiting.
+    """
+    dependants: dict[str, list[str]] = {sid: [] for sid in plan.stages}
+    for sid, spec in plan.stages.items():
+        for dep in spec.deps.values():
+            dependants[dep].append(sid)
+    out: dict[str, float] = {}
+    for sid in reversed(list(plan.stages)):  # plan order is topological: dependants come later
+        model = plan.stage_model.get(sid, "")
+        scale = plan.grid.model_info.get(model, {}).get("params", SMOLLM2_PARAMS) / SMOLLM2_PARAMS
+        out[sid] = estimate_stage_seconds(plan.stages[sid], scale) + max((out[d] for d in dependants[sid]), default=0.0)
+    return out
 
 
 def _deferred(plan: Plan, skip: set[str], status: dict[str, str]) -> list[str]:
