@@ -421,6 +421,7 @@ def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path):
     assert decay.margin_verdict == "supported" and "Wilcoxon" in decay.margin_evidence
     # no layer selections in this store: no pairs, no margin verdict either
     assert all_findings(res)[2].margin_verdict == "not enough data"
+    assert "no run pairs to compare" in all_findings(res)[3].margin_evidence
 
 
 def test_findings_without_magnitudes_have_no_margin_verdict(written):
@@ -428,3 +429,23 @@ def test_findings_without_magnitudes_have_no_margin_verdict(written):
     findings = json.loads((out / "findings.json").read_text())
     assert [f["margin_verdict"] for f in findings] == ["not enough data"] * 4
     assert "on ES magnitude" in (out / "report.md").read_text()
+
+
+def test_es_magnitude_trajectory_is_drawn_when_the_store_has_one(tmp_path):
+    """Binary efficacy can stay flat while the margin falls: the report draws the magnitude trajectory as a
+    figure of its own when the fine-tunes tracked it (and says why it is missing otherwise)."""
+    from editdecay.report.load import load_results
+    from editdecay.report.plots import Figure, Skipped, trajectories
+
+    store = build_store(tmp_path / "t.db", seeds=(0,), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
+                        layers=("all",))
+    assert isinstance(trajectories(load_results(store), "efficacy_magnitude"), Skipped)
+    conn = sqlite3.connect(store)
+    (ft,), = conn.execute("SELECT stage_id FROM run_stages WHERE role='finetune_edit'").fetchall()
+    for step, value in ((0, 0.9), (5, 0.8), (10, 0.7)):
+        conn.execute("INSERT INTO trajectories VALUES (?,?,?,?)", (ft, step, "efficacy_magnitude", value))
+    conn.commit()
+    conn.close()
+    fig = trajectories(load_results(store), "efficacy_magnitude")
+    assert isinstance(fig, Figure) and fig.name == "trajectories_efficacy_magnitude"
+    assert fig.png.startswith(b"\x89PNG") and "magnitude" in fig.caption

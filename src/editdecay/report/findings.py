@@ -84,8 +84,9 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
             flips_a.append(not sa[case])
             flips_b.append(not sb[case])
     if not flips_a:
-        return Finding(claim, NO_DATA, f"no runs with {factor} = {a} paired with {factor} = {b} "
-                       "(same other settings and seed) that have per-edit results")
+        return _with_margin(Finding(claim, NO_DATA, f"no runs with {factor} = {a} paired with {factor} = {b} "
+                                    "(same other settings and seed) that have per-edit results"),
+                            res, pairs, a, b, alpha)
     m = stats.mcnemar_exact(flips_a, flips_b)
     # the McNemar effect here is (flipped under a only − flipped under b only) / n: positive = a removes more
     verdict = _verdict(m, alpha, m.effect > 0)

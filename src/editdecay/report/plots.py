@@ -99,8 +99,11 @@ METHOD_STYLES = ("-", "--", ":", "-.")
 
 
 def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
-    """Efficacy over fine-tuning steps: a panel per model × ft type, a line per method × layer selection."""
-    title = "Decay over fine-tuning steps"
+    """Efficacy (or its magnitude P(new) − P(true)) over fine-tuning steps: a panel per model × ft type, a line
+    per method × layer selection. The magnitude shows decay that has not yet flipped any edit."""
+    magnitude = metric.endswith("_magnitude")
+    name = "trajectories" if metric == "efficacy" else f"trajectories_{metric}"
+    title = "Decay over fine-tuning steps" + (" (ES magnitude)" if magnitude else "")
     lines: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
         stage = res.edited_ft_stage(run)
@@ -110,7 +113,7 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
                 key = (run.model, run.ft_type, run.method, run.layer_selection)
                 lines[key][int(p["step"])].append(p[metric])
     if not lines:
-        return Skipped("trajectories", title, "no fine-tuning stage of an edited model recorded a trajectory")
+        return Skipped(name, title, f"no fine-tuning stage of an edited model recorded a {metric} trajectory")
     plt = _plt()
     models = sorted({k[0] for k in lines})
     fts = sorted({k[1] for k in lines})
@@ -120,26 +123,29 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
     for (model, ft, method, layers), steps in sorted(lines.items()):
         ax = axes[models.index(model)][fts.index(ft)]
         xs = sorted(steps)
-        ax.plot(xs, [100.0 * float(np.mean(steps[s])) for s in xs], marker="o", ms=3,
+        ax.plot(xs, [100.0 * float(np.mean(steps[s])) for s in xs], marker="os^D"[methods.index(method) % 4], ms=3,
                 color=LAYER_COLORS.get(layers, "tab:purple"), ls=METHOD_STYLES[methods.index(method) % 4],
                 label=f"{method}, {layers} layers")
     for i, model in enumerate(models):
         for j, ft in enumerate(fts):
             ax = axes[i][j]
             ax.set_title(f"{model} / {ft}", fontsize=9)
-            ax.set_ylim(-2, 102)
+            if not magnitude:
+                ax.set_ylim(-2, 102)
             if i == len(models) - 1:
                 ax.set_xlabel("fine-tuning step")
             if j == 0:
-                ax.set_ylabel(f"{metric} %")
+                ax.set_ylabel(f"{metric.replace('_', ' ')} " + ("(points)" if magnitude else "%"))
     seen: dict[str, Any] = {}
     for row in axes:
         for ax in row:
             for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
                 seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
-    return Figure("trajectories", title, f"{metric.capitalize()} of the tracked edits during fine-tuning, mean over "
-                  "seeds; colour: layer selection, line style: editing method.", _png(fig))
+    what = ("ES magnitude P(new) − P(true) × 100, mean over the tracked edits" if magnitude
+            else f"{metric.capitalize()} of the tracked edits")
+    return Figure(name, title, f"{what} during fine-tuning, mean over seeds; colour: layer selection, line style: "
+                  "editing method.", _png(fig))
 
 
 FT_MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -315,7 +321,8 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
 
 
 def all_figures(res: Results) -> tuple[list[Figure | Skipped], list[str], dict[str, Any]]:
-    figures: list[Figure | Skipped] = [survival_heatmap(res), trajectories(res), tradeoff(res)]
+    figures: list[Figure | Skipped] = [survival_heatmap(res), trajectories(res),
+                                       trajectories(res, "efficacy_magnitude"), tradeoff(res)]
     freq_fig, freq_stats = survival_vs_frequency(res)
     figures.append(freq_fig)
     layer_figs, notes = layer_change_figures(res)
