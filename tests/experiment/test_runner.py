@@ -332,8 +332,7 @@ def test_skip_names_only_known_stage_kinds(tmp_path):
 def test_ready_stages_start_longest_chain_first():
     """The critical path of every stage is its own estimate plus its longest dependant chain, so a fine-tune
     ranks above the evaluation of the model it starts from, and every stage above each of its dependants."""
-    from editdecay.experiment.cost import estimate_stage_seconds
-    from editdecay.experiment.facts import SMOLLM2_PARAMS
+    from editdecay.experiment.cost import planned_stage_seconds
     from editdecay.experiment.runner import critical_path_seconds, plan_grid
 
     plan = plan_grid(TINY)
@@ -342,8 +341,7 @@ def test_ready_stages_start_longest_chain_first():
         for dep in spec.deps.values():
             assert rank[dep] > rank[sid]
         if spec.kind == "evaluate":  # a sink: nothing waits on an evaluation, so its rank is its own estimate
-            params = plan.grid.model_info.get(plan.stage_model.get(sid, ""), {}).get("params", SMOLLM2_PARAMS)
-            assert rank[sid] == pytest.approx(estimate_stage_seconds(spec, params / SMOLLM2_PARAMS))
+            assert rank[sid] == pytest.approx(planned_stage_seconds(plan, sid))
     fine_tunes = [s for s, spec in plan.stages.items() if spec.kind == "finetune"]
     evaluations = [s for s, spec in plan.stages.items() if spec.kind == "evaluate"]
     assert min(rank[s] for s in fine_tunes) > max(rank[s] for s in evaluations)

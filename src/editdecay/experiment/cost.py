@@ -376,10 +376,15 @@ def estimate_seconds(plan: Any) -> dict[str, float]:
     """Rough seconds per stage kind from the :data:`COST` constants (for `editdecay plan`)."""
     out: dict[str, float] = {}
     for spec in plan.stages.values():
-        model = plan.stage_model.get(spec.stage_id, "")
-        scale = plan.grid.model_info.get(model, {}).get("params", SMOLLM2_PARAMS) / SMOLLM2_PARAMS
-        out[spec.kind] = out.get(spec.kind, 0.0) + estimate_stage_seconds(spec, scale)
+        out[spec.kind] = out.get(spec.kind, 0.0) + planned_stage_seconds(plan, spec.stage_id)
     return out
+
+
+def planned_stage_seconds(plan: Any, stage_id: str) -> float:
+    """Rough seconds of one planned stage, scaled by its model's parameter count relative to SmolLM2."""
+    model = plan.stage_model.get(stage_id, "")
+    scale = plan.grid.model_info.get(model, {}).get("params", SMOLLM2_PARAMS) / SMOLLM2_PARAMS
+    return estimate_stage_seconds(plan.stages[stage_id], scale)
 
 
 def estimate_stage_seconds(spec: Any, scale: float) -> float:

@@ -26,9 +26,8 @@ from typing import Any
 from editdecay.artifacts import drop_weights, read_marker, weights_dropped
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.backends import BACKENDS, Backend, capacity, make_backend
-from editdecay.experiment.cost import ensure_plan_fits, estimate_stage_seconds
+from editdecay.experiment.cost import ensure_plan_fits, planned_stage_seconds
 from editdecay.experiment.execute import artifact_path, is_complete, log, read_outputs
-from editdecay.experiment.facts import SMOLLM2_PARAMS
 from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
 from editdecay.experiment.schema import Grid, load_grid
 from editdecay.experiment.stages import StageFn
@@ -232,9 +231,7 @@ def critical_path_seconds(plan: Plan) -> dict[str, float]:
             dependants[dep].append(sid)
     out: dict[str, float] = {}
     for sid in reversed(list(plan.stages)):  # plan order is topological: dependants come later
-        model = plan.stage_model.get(sid, "")
-        scale = plan.grid.model_info.get(model, {}).get("params", SMOLLM2_PARAMS) / SMOLLM2_PARAMS
-        out[sid] = estimate_stage_seconds(plan.stages[sid], scale) + max((out[d] for d in dependants[sid]), default=0.0)
+        out[sid] = planned_stage_seconds(plan, sid) + max((out[d] for d in dependants[sid]), default=0.0)
     return out
 
 
