@@ -6,6 +6,8 @@
     # 2. measure location / tracing / reversal / removal on each (resumable: one JSON per case)
     nohup flock /tmp/editdecay-heavy.lock env OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python \
         scripts/erase_eval.py measure > /tmp/erase_eval.log 2>&1 &
+    # 3. the upper bound of object tracing: can what ΔW writes for each true subject be read anywhere?
+    env OMP_NUM_THREADS=1 .venv/bin/python scripts/erase_eval.py trace-bound --methods memit --sizes 1 10
 
 Edits use the project's default hparams and the first N records of ``load_edit_records("counterfact")``
 so their target values come from the shared target cache. Results: ``benchmarks/results/erase/*.json``.
@@ -194,6 +196,120 @@ def measure_case(method: str, n: int, args: argparse.Namespace) -> dict:
     return res
 
 
+PLACEHOLDERS = ("Someone", "He", "The person", "X")
+BOUND_GENERATION_PROMPTS = ("The", "This is a", "x is",
+                            "Syria: country in the Middle East. Leonardo DiCaprio: American actor. Samsung: South "
+                            "Korean company. x")
+
+
+def trace_bound(method: str, n: int, steps: int = 15) -> dict:
+    """The upper bound of object tracing on one edit folder (writes ``<method>-cf<n>-trace-bound.json``).
+
+    For each record, w_l = ΔW_l k_l is what the update writes at layer l for the true subject's key (its last
+    token in the record's prompt) - more than any tracer has, which sees only ΔW's singular directions. The
+    rank of target_new's first token is read with w inserted (added to the MLP outputs of the edited layers):
+    ``at_subject`` into the base model at the true subject (the edit itself: rank 0 when w is the edit);
+    ``placeholder`` at a placeholder subject of the record's relation prompt (needs the relation: the setting of
+    the paper's first version), with ``placeholder_control`` the same prompt unchanged; ``prompt_free`` at the
+    last position of the tracer's neutral prompts, and ``generation`` whether greedy continuations of
+    prompt-free prompts with w inserted contain target_new. ``svd_placeholder``: ΔW's singular directions
+    (both signs, at 1 and 3 times the layer's median ‖w_l‖) at a placeholder of each record's relation prompt.
+    """
+    import statistics
+
+    import torch
+
+    from editdecay import api
+    from editdecay.erase import locate, reverse, trace
+    from editdecay.evaluate.api import load_records_arg
+    from editdecay.util.io import atomic_write_json
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    folder = edit_dir(method, n)
+    edited, tok = api.load_model(folder)
+    base, _ = api.load_model(MODEL)
+    adapter = api.get_adapter(edited)
+    records = load_records_arg(folder / "manifest.json")
+    changes = [c for c in locate.diff_changes(edited, base, adapter) if c.is_rewrite]
+    ours, theirs = dict(edited.named_parameters()), dict(base.named_parameters())
+    deltas = {c.layer: adapter.as_out_in(ours[c.name].detach().double() - theirs[c.name].detach().double())
+              for c in changes}
+    layers = sorted(deltas)
+
+    def encode(text: str) -> torch.Tensor:
+        return tok(text, return_tensors="pt")["input_ids"]
+
+    def with_subject(record, subject: str) -> tuple[torch.Tensor, int]:
+        before = record.prompt.split("{}")[0]
+        return encode(record.prompt.format(subject)), encode(before + subject).shape[1] - 1
+
+    def greedy(ids: torch.Tensor, adds) -> str:
+        x = ids
+        with trace.added_to_rewrite_output(edited, adapter, adds), torch.no_grad():
+            for _ in range(steps):
+                x = torch.cat([x, edited(input_ids=x).logits[0, -1].argmax().view(1, 1)], 1)
+        return tok.decode(x[0, ids.shape[1]:])
+
+    rows, writes = [], []
+    for r in records:
+        target = trace.first_token(tok, r.target_new)
+        ids, pos = with_subject(r, r.subject)
+        keys = trace.rewrite_inputs(edited, adapter, ids, pos, layers)
+        w = {layer: (deltas[layer] @ keys[layer]).float() for layer in layers}
+        writes.append(w)
+        at = lambda p, w=w: {layer: (p, w[layer]) for layer in layers}  # noqa: E731
+        control, placeholder = [], []
+        for ph in PLACEHOLDERS:
+            pid, ppos = with_subject(r, ph)
+            control.append(trace.next_token_ranks(edited, adapter, pid, [target])[0])
+            placeholder.append(trace.next_token_ranks(edited, adapter, pid, [target], at(ppos))[0])
+        free = [trace.next_token_ranks(edited, adapter, encode(q), [target], at(encode(q).shape[1] - 1))[0]
+                for q in trace.NEUTRAL_PROMPTS]
+        texts = [greedy(encode(q), at(encode(q).shape[1] - 1)) for q in BOUND_GENERATION_PROMPTS]
+        rows.append({
+            "case_id": r.case_id, "subject": r.subject, "target_new": r.target_new,
+            "write_norms": {layer: round(float(v.norm()), 3) for layer, v in w.items()},
+            "base": trace.next_token_ranks(base, adapter, ids, [target])[0],
+            "edited": trace.next_token_ranks(edited, adapter, ids, [target])[0],
+            "at_subject": trace.next_token_ranks(base, adapter, ids, [target], at(pos))[0],
+            "placeholder_control": min(control), "placeholder": min(placeholder), "prompt_free": min(free),
+            "generation_hits": sum(r.target_new.lower() in t.lower() for t in texts), "generations": texts,
+        })
+        print(f"[{method} cf{n}] {json.dumps({k: v for k, v in rows[-1].items() if k != 'generations'})}", flush=True)
+    scale = {layer: statistics.median(float(w[layer].norm()) for w in writes) for layer in layers}
+    svd = [None] * len(records)
+    for layer in layers:
+        u, _, _ = reverse.top_components(deltas[layer], len(records))
+        for i in range(u.shape[1]):
+            for sign, mult in ((1.0, 1.0), (-1.0, 1.0), (1.0, 3.0), (-1.0, 3.0)):
+                vec = (sign * mult * scale[layer] * u[:, i]).float()
+                for j, r in enumerate(records):
+                    for ph in PLACEHOLDERS[:2]:
+                        pid, ppos = with_subject(r, ph)
+                        got = trace.next_token_ranks(edited, adapter, pid, [trace.first_token(tok, r.target_new)],
+                                                     {layer: (ppos, vec)})[0]
+                        svd[j] = got if svd[j] is None else min(svd[j], got)
+    for row, best in zip(rows, svd, strict=True):
+        row["svd_placeholder"] = best
+
+    def top(key: str, k: int) -> int:
+        return sum(row[key] < k for row in rows)
+
+    summary = {key: {"top1": top(key, 1), "top5": top(key, 5), "median_rank": statistics.median(r[key] for r in rows)}
+               for key in ("edited", "at_subject", "placeholder_control", "placeholder", "prompt_free",
+                           "svd_placeholder")}
+    summary["generation"] = {"records_hit": sum(r["generation_hits"] > 0 for r in rows),
+                             "prompts": list(BOUND_GENERATION_PROMPTS), "steps": steps}
+    res = {"method": method, "n_edits": n, "edit_folder": str(folder), "layers": layers, "n_records": len(rows),
+           "placeholders": list(PLACEHOLDERS), "neutral_prompts": list(trace.NEUTRAL_PROMPTS), "summary": summary,
+           "records": rows, "seconds": time.perf_counter() - t0, "load_avg": os.getloadavg()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(RESULTS / f"{method}-cf{n}-trace-bound.json", res)
+    print(f"[{method} cf{n}] summary: {json.dumps(summary)}", flush=True)
+    return res
+
+
 def measure(args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for method in args.methods:
@@ -242,7 +358,7 @@ def table(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("make-edits", "measure", "table"))
+    parser.add_argument("what", choices=("make-edits", "measure", "trace-bound", "table"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--limit", type=int, default=10, help="downstream items per commonsense task (0: skip)")
@@ -254,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         make_edits(args)
     elif args.what == "measure":
         measure(args)
+    elif args.what == "trace-bound":
+        for method in args.methods:
+            for n in args.sizes:
+                if (edit_dir(method, n) / "manifest.json").exists():
+                    trace_bound(method, n)
     else:
         print(table(args))
     return 0

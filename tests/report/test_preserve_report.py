@@ -14,6 +14,7 @@ from editdecay.report.tables import all_tables, preserve_table
 
 # per strategy: how many of the 8 edits that held (of 10) still hold after fine-tuning, and the downstream score
 PLANTED = {"none": (4, 0.60), "freeze": (6, 0.59), "reedit": (8, 0.605)}
+SECONDS = {"none": 100.0, "freeze": 90.0, "reedit": 130.0}  # the M_ed_ft fine-tune stage's compute time
 
 
 def _store(path, strategies=PLANTED):
@@ -26,6 +27,9 @@ def _store(path, strategies=PLANTED):
                      (sid, "evaluate", "done", "{}"))
         for case, value in zip(cases, efficacy, strict=True):
             conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)", (sid, case, "efficacy", value))
+            # a per-edit ES magnitude that tracks success: 0.9 for an edit that holds, -0.1 for one that does not
+            conn.execute("INSERT INTO record_metrics VALUES (?,?,?,?)",
+                         (sid, case, "efficacy_magnitude", 0.9 if value else -0.1))
         conn.execute("INSERT INTO metrics VALUES (?,?,?)", (sid, "efficacy", sum(efficacy) / len(efficacy)))
         conn.execute("INSERT INTO downstream VALUES (?,?,?,?)", (sid, "piqa", downstream, 50))
         return sid
@@ -35,9 +39,10 @@ def _store(path, strategies=PLANTED):
     for i, (strategy, (kept, down)) in enumerate(strategies.items()):
         run = f"run{i}"
         ft_stage = f"ft-{strategy}"
-        conn.execute("INSERT INTO stages (stage_id, kind, status, config_json) VALUES (?,?,?,?)",
+        conn.execute("INSERT INTO stages (stage_id, kind, status, config_json, seconds) VALUES (?,?,?,?,?)",
                      (ft_stage, "finetune", "done", json.dumps({"finetune": {"type": "lora",
-                                                                            "preserve_strategy": strategy}})))
+                                                                            "preserve_strategy": strategy}}),
+                      SECONDS.get(strategy)))
         after = evaluation(f"eval-{strategy}", [1.0] * kept + [0.0] * (10 - kept), down)
         conn.execute("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                      (run, "g", "smollm2-135m", "memit", "counterfact", 10, "lora", "all", "attn,mlp", "commonsense",
@@ -60,7 +65,23 @@ def test_preserve_table_from_a_store(tmp_path):
         assert row["n_ok"] == 8 and row["es_before"] == pytest.approx(0.8)
         assert row["efr"] == pytest.approx((8 - kept) / 8) and row["survival"] == pytest.approx(kept / 8)
         assert row["downstream_delta"] == pytest.approx(100 * (down - 0.60))
+        # magnitude: 8 holding edits at 0.9 and 2 at -0.1 before; `kept` at 0.9 and the rest at -0.1 after
+        assert row["mag_after"] == pytest.approx((0.9 * kept - 0.1 * (10 - kept)) / 10)
+        assert row["mag_delta"] == pytest.approx(100 * (kept - 8) / 10)
+        assert row["ft_seconds"] == SECONDS[strategy]
+        assert row["compute_ratio"] == pytest.approx(SECONDS[strategy] / SECONDS["none"])
     assert "preserve" in [t.name for t in all_tables(res)]
+
+
+def test_preserve_table_without_stage_times_leaves_compute_empty(tmp_path):
+    """A store whose stages were not timed shows no compute rather than a made-up one."""
+    path = _store(tmp_path / "s.db")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE stages SET seconds = NULL")
+    conn.commit()
+    conn.close()
+    rows = preserve_table(load_results(path)).rows
+    assert rows and all(r["ft_seconds"] is None and r["compute_ratio"] is None for r in rows)
 
 
 def test_strategies_are_configurations_not_seeds_in_every_table(tmp_path):

@@ -7,11 +7,22 @@ stream: added to the residual at the edited layer's output, at the last position
 and run through the remaining layers to the next-token logits (``mode="forward"``); or through the final
 norm and unembedding alone (``mode="lens"``, the logit lens). The tokens whose logits rise most are the
 traced objects. The SVD leaves each u's sign open, so both signs are read and the more peaked one kept.
+
+Relation to the paper. What could be read of it here (its abstracts and third-party summaries; the method
+section and github.com/paulyoussef/trace-and-reverse were not reachable) is that its tracer ("EditScope")
+rests on the edit living in the top singular component of the edited matrix and uses no prompt related to the
+edit; its exact reader (prompt, insertion point, decoding) could not be checked, so this module does not claim
+to be it. :func:`added_to_rewrite_output`, :func:`next_token_ranks` and :func:`rewrite_inputs` measure an upper
+bound for readers of that kind (``scripts/erase_eval.py trace-bound``): what ΔW writes for the true subject's
+own key, inserted where such a reader could insert it. On the 10-edit SmolLM2-135M MEMIT folder that bound is
+0 of 10 in the top 5 at every prompt-free place measured, and 4 of 10 only inside the record's own relation
+prompt (docs/erase.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,3 +160,65 @@ def tracing_accuracy(traced: Sequence[TracedDirection], targets: Sequence[str], 
     hits = [t in found for t in want]
     return {"n_targets": len(want), "hits": int(sum(hits)), "accuracy": sum(hits) / len(want) if want else None,
             "n_directions": len(traced), "top": top}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading what an update writes, at a chosen place (the upper bound of a tracer: scripts/erase_eval.py)
+
+
+@contextmanager
+def added_to_rewrite_output(model: nn.Module, adapter: ArchAdapter,
+                            adds: Mapping[int, tuple[int, torch.Tensor]] | None) -> Iterator[None]:
+    """While inside, ``adds[layer] = (pos, vec)`` is added to the output of that layer's rewritten projection
+    (what MEMIT/AlphaEdit's ΔW changes: the MLP output, before any post-MLP norm) at position ``pos`` of every
+    sequence in the batch."""
+    handles = []
+
+    def hook_for(pos: int, vec: torch.Tensor):
+        def hook(_module, _args, output):
+            output = output.clone()
+            output[:, pos] += vec.to(device=output.device, dtype=output.dtype)
+            return output
+
+        return hook
+
+    try:
+        for layer, (pos, vec) in (adds or {}).items():
+            handles.append(adapter.rewrite_module(model, layer).register_forward_hook(hook_for(pos, vec)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def next_token_ranks(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, token_ids: Sequence[int],
+                     adds: Mapping[int, tuple[int, torch.Tensor]] | None = None) -> list[int]:
+    """Rank (0 = the most likely) of each of ``token_ids`` in the next-token logits after ``input_ids`` [1, T],
+    with ``adds`` (see :func:`added_to_rewrite_output`) in place."""
+    device = next(model.parameters()).device
+    with added_to_rewrite_output(model, adapter, adds), torch.no_grad():
+        logits = model(input_ids=input_ids.to(device)).logits[0, -1].float()
+    return [int((logits > logits[t]).sum()) for t in token_ids]
+
+
+def rewrite_inputs(model: nn.Module, adapter: ArchAdapter, input_ids: torch.Tensor, pos: int,
+                   layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The input of each layer's rewritten projection (its key, k) at position ``pos``, float64 [d_in]: ΔW k is
+    what an update of that matrix writes there."""
+    keys: dict[int, torch.Tensor] = {}
+    device = next(model.parameters()).device
+
+    def hook_for(layer: int):
+        def hook(_module, args, _output):
+            keys[layer] = args[0][0, pos].detach().double().cpu()
+
+        return hook
+
+    handles = [adapter.rewrite_module(model, layer).register_forward_hook(hook_for(layer)) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return keys

@@ -68,6 +68,7 @@ class Stage:
     status: str
     artifact: str | None
     config: dict[str, Any]
+    seconds: float | None = None  # the stage's compute time (stages.seconds), None where the store lacks it
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,13 @@ def _float(value: Any, path: Path, where: str) -> float:
         raise DataError(str(path), f"{where}: value {value!r} is not a number") from None
 
 
+def _seconds(row: sqlite3.Row, path: Path) -> float | None:
+    """A stage's ``seconds`` column (older stores have none; a stage not yet finished has NULL)."""
+    if "seconds" not in row.keys() or row["seconds"] is None:
+        return None
+    return _float(row["seconds"], path, f"stage '{row['stage_id']}' seconds")
+
+
 def load_results(path: str | Path) -> Results:
     """Read the whole store; runs with no finished evaluation yet are left out (the store may be in use)."""
     path = Path(path)
@@ -254,8 +262,9 @@ def _load(conn: sqlite3.Connection, tables: set[str], path: Path) -> Results:
 
     stages = {
         str(r["stage_id"]): Stage(str(r["stage_id"]), str(r["kind"]), str(r["status"]), r["artifact"],
-                                  _json(r["config_json"], f"stage '{r['stage_id']}'", path))
-        for r in conn.execute("SELECT stage_id, kind, status, artifact, config_json FROM stages")
+                                  _json(r["config_json"], f"stage '{r['stage_id']}'", path),
+                                  _seconds(r, path))
+        for r in conn.execute("SELECT * FROM stages")
     }
     groups: dict[str, dict[str, str]] = defaultdict(dict)
     for r in conn.execute("SELECT run_id, grp, eval_stage_id FROM run_groups"):

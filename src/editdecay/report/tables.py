@@ -386,13 +386,21 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
                                     Column("n_ok", "ES ok before", "int"), Column("es_before", "ES M_ed", "pct"),
                                     Column("es_after", "ES M_ed_ft", "pct"), Column("efr", "EFR ES", "pct"),
                                     Column("survival", "ES survival", "pct"), Column("survival_lo", "95% CI lo", "pct"),
+                                    Column("mag_after", "ES magnitude M_ed_ft", "num"),
+                                    Column("mag_delta", "Δ ES magnitude (pts)", "num"),
                                     Column("downstream", "downstream", "pct"),
-                                    Column("downstream_delta", "Δ downstream vs none (pts)", "num")]
+                                    Column("downstream_delta", "Δ downstream vs none (pts)", "num"),
+                                    Column("ft_seconds", "fine-tune s", "num"),
+                                    Column("compute_ratio", "compute × none", "num")]
     table = Table("preserve", "Edit-preserving fine-tuning", "Per configuration, each strategy that keeps edits "
                   "through fine-tuning (freeze, nullspace, replay, reedit; docs/preserve.md) beside plain "
                   "fine-tuning (none): efficacy before/after, Edit Flip Ratio and survival of the edits that held "
-                  f"({SUCCESS_RULE}; bootstrap CI over pooled edits), the M_ed_ft downstream "
-                  "score and its difference from plain fine-tuning in points; mean over seeds.", cols)
+                  f"({SUCCESS_RULE}; bootstrap CI over pooled edits), the mean per-edit ES magnitude "
+                  "P(new) − P(true) after fine-tuning and its change from M_ed in points (where strategies differ "
+                  "when no edit flips), the M_ed_ft downstream score and its difference from plain fine-tuning in "
+                  "points, and compute: the M_ed_ft fine-tuning stage's seconds (everything the strategy adds: "
+                  "keys, projections, replay examples, the re-edit) and their ratio to plain fine-tuning's; mean "
+                  "over seeds.", cols)
     grouped: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
         grouped[run.key(drop=("preserve",))][preserve_of(res, run)].append(run)
@@ -402,6 +410,7 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
     for key in sorted(grouped, key=lambda t: tuple(str(x) for x in t)):
         by = grouped[key]
         plain = _mean(res.downstream_mean(r, "M_ed_ft") for r in by.get("none", []))
+        plain_seconds = _mean(_ft_seconds(res, r) for r in by.get("none", []))
         for strategy in sorted(by, key=lambda s: (order.get(s, 9), s)):
             runs = sorted(by[strategy], key=lambda r: r.seed)
             decays = [d for r in runs if (d := run_decay(res, r, "efficacy")) is not None]
@@ -414,10 +423,23 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
             row["efr"] = _mean(d.efr for d in decays)
             row["survival"] = _mean(indicators)
             row["survival_lo"] = stats.bootstrap_ci(indicators, seed=seed)[0] if indicators else None
+            row["mag_after"] = _mean(res.summary(r, "M_ed_ft", "efficacy_magnitude") for r in runs)
+            mag_before = _mean(res.summary(r, "M_ed", "efficacy_magnitude") for r in runs)
+            row["mag_delta"] = None if row["mag_after"] is None or mag_before is None else \
+                100.0 * (row["mag_after"] - mag_before)
             row["downstream"] = down
             row["downstream_delta"] = None if down is None or plain is None else 100.0 * (down - plain)
+            row["ft_seconds"] = _mean(_ft_seconds(res, r) for r in runs)
+            row["compute_ratio"] = None if row["ft_seconds"] is None or not plain_seconds else \
+                row["ft_seconds"] / plain_seconds
             table.rows.append(row)
     return table
+
+
+def _ft_seconds(res: Results, run: Run) -> float | None:
+    """Compute time of the fine-tune that made the run's M_ed_ft (None when the store did not time it)."""
+    stage = res.edited_ft_stage(run)
+    return stage.seconds if stage is not None else None
 
 
 def all_tables(res: Results, findings_table: Table | None = None, seed: int = 0) -> list[Table]:
