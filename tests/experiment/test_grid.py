@@ -71,6 +71,15 @@ def test_stage_ids_are_stable_and_change_only_downstream_of_a_changed_setting(tm
     assert ra.groups["M_ed_ft"] != rc.groups["M_ed_ft"]
 
 
+def test_exponent_floats_read_as_numbers_like_set_does(tmp_path):
+    """`lr: 2e-4` (YAML 1.2; PyYAML's 1.1 reads it as a string) is the number 2.0e-4: same stages, same ids."""
+    text = TINY.read_text().replace("\nfinetune:\n", "\nfinetune:\n  lr: LR\n", 1)
+    short = expand(load_grid(write(tmp_path, text.replace("LR", "2e-4"), "short.yaml")))
+    dotted = expand(load_grid(write(tmp_path, text.replace("LR", "2.0e-4"), "dotted.yaml")))
+    assert list(short.stages) == list(dotted.stages)
+    assert expand(load_grid(TINY)).runs[0].stages["finetune_edit"] != short.runs[0].stages["finetune_edit"]
+
+
 def test_overrides_apply_per_method_model_and_ft_type(tmp_path):
     raw = tiny_raw()
     raw["overrides"] = [

@@ -44,6 +44,7 @@ from editdecay.experiment.store import STAGE_KINDS  # the stage kinds: defined o
 from editdecay.groups import GROUPS  # the four groups: defined once
 from editdecay.preserve import STRATEGIES as PRESERVE  # the preserve strategies: defined once
 from editdecay.util.io import stable_hash
+from editdecay.util.overrides import load_yaml
 
 AXES = {  # YAML key -> the run field it fills
     "models": "model", "methods": "method", "edit_data": "edit_data", "n_edits": "n_edits",
@@ -110,7 +111,8 @@ def load_grid(path: str | os.PathLike, check_models: bool = True) -> Grid:
     if not path.exists():
         raise ConfigError(f"{path}: grid file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # YAML 1.2 core scalars, as in --set and --hparams: `lr: 2e-4` is a number, not the string '2e-4'
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
