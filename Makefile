@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.editdecay-installed
 
-.PHONY: demo test setup lint bench clean study
+.PHONY: demo test setup lint bench clean study preserve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,6 +47,17 @@ study: setup
 	$(BIN)/editdecay analyze frequency --store $(STUDY_STORE)
 	$(BIN)/editdecay report $(STUDY_STORE) --out docs/results/cpu-study
 	$(BIN)/editdecay status --store $(STUDY_STORE) --export docs/results/cpu-study/store-csv
+
+# Edit-preserving fine-tuning at the study's settings (configs/preserve.yaml; ~2.5 h of this 2-core CPU, resumable).
+# It shares the study's CounterFact-100 target values, so the committed pool seeds it too.
+PRESERVE_STORE ?= docs/results/preserve.db
+PRESERVE_WORK ?= preserve-work
+preserve: setup
+	mkdir -p $(PRESERVE_WORK)/targets
+	if [ -d docs/results/cpu-study-targets ]; then cp -n docs/results/cpu-study-targets/z-*.safetensors $(PRESERVE_WORK)/targets/; fi
+	$(BIN)/editdecay run configs/preserve.yaml --store $(PRESERVE_STORE) --workdir $(PRESERVE_WORK) --workers 2
+	$(BIN)/editdecay report $(PRESERVE_STORE) --out docs/results/preserve
+	$(BIN)/editdecay status --store $(PRESERVE_STORE) --export docs/results/preserve/store-csv
 
 test: setup
 	# the report's browser test renders the HTML in Debian's headless chromium (installed once, idempotent)
