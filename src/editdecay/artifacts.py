@@ -418,7 +418,8 @@ def base_of(folder: str | os.PathLike) -> str:
 
 
 def materialize(folder: str | os.PathLike, load_base: Callable[[str], tuple[Any, Any]]) -> tuple[Any, Any]:
-    """(model, tokenizer) of a small folder: ``load_base(base)`` then the deltas added or the adapter merged."""
+    """(model, tokenizer) of a small folder: ``load_base(base)`` then the deltas added or the adapter merged
+    (and a re-edit's :data:`REEDIT_DELTAS` added after the merge, as the fine-tune applied them)."""
     folder = Path(folder)
     form = folder_form(folder)
     base = base_of(folder)
@@ -434,6 +435,10 @@ def materialize(folder: str | os.PathLike, load_base: Callable[[str], tuple[Any,
         merged = PeftModel.from_pretrained(model, str(folder / ADAPTER)).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder / ADAPTER}: cannot apply the adapter to {base}: {exc}") from None
+    if (folder / REEDIT_DELTAS).exists():  # preserve_strategy=reedit: the re-edit written after the merge
+        from safetensors.torch import load_file
+
+        apply_deltas(merged, load_file(str(folder / REEDIT_DELTAS)), source=str(folder / REEDIT_DELTAS))
     merged.eval()
     return merged, tok
 

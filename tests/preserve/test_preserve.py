@@ -181,6 +181,33 @@ def test_reedit_brings_the_edited_layer_back_to_its_target(edits, tmp_path, trai
     assert set(load_file(str(tmp_path / "reedit" / info["reedit_deltas"]))) == set(_rewritten(edit_dir))
 
 
+def test_adapter_only_reedit_keeps_the_reedit_beside_the_adapter(edits, tmp_path, train_file):
+    """A grid's LoRA stage writes only the adapter: with reedit the re-edit's deltas sit beside it and loading the
+    folder applies them after the merge, giving the merged output's weights (and the null-space residual of an
+    adapter-only nullspace run is measured too)."""
+    from editdecay.artifacts import REEDIT_DELTAS, folder_form
+    from editdecay.models.registry import load_model
+
+    edit_dir = edits["llama"]
+    cfg = {**BASE, "data": train_file, "type": "lora", "lr": 3e-3, "preserve_strategy": "reedit",
+           "reedit_z": "edited", "reedit_reoptimise": False}
+    finetune(str(edit_dir), cfg, tmp_path / "merged", preserve_edits=edit_dir, progress=False)
+    small = finetune(str(edit_dir), cfg, tmp_path / "small", preserve_edits=edit_dir, progress=False,
+                     adapter_only=True)
+    assert folder_form(tmp_path / "small") == "adapter" and not (tmp_path / "small" / "model.safetensors").exists()
+    deltas = load_file(str(tmp_path / "small" / REEDIT_DELTAS))
+    assert small["preserve"]["reedit_deltas"] == REEDIT_DELTAS and set(deltas) == set(_rewritten(edit_dir))
+    assert all(float(d.abs().max()) > 0 for d in deltas.values())
+    merged = load_model(tmp_path / "merged")[0].state_dict()
+    layered = load_model(tmp_path / "small")[0].state_dict()  # edit + merged adapter + re-edit deltas
+    assert set(merged) == set(layered)
+    for k in merged:
+        torch.testing.assert_close(layered[k], merged[k], atol=1e-6, rtol=0)
+    nulls = finetune(str(edit_dir), {**cfg, "preserve_strategy": "nullspace"}, tmp_path / "null",
+                     preserve_edits=edit_dir, progress=False, adapter_only=True)
+    assert max(nulls["preserve"]["output_change"].values()) < 1e-4
+
+
 def test_reedit_of_an_alphaedit_edit_solves_in_its_null_space_and_brings_the_layer_back(alphaedit_edit, tmp_path,
                                                                                         train_file):
     """Re-editing an AlphaEdit edit uses AlphaEdit's rule over the base model's C: each re-solved ΔW leaves the span of

@@ -160,9 +160,6 @@ def finetune(
         raise ConfigError("--preserve-edits given without a strategy: add --strategy freeze|nullspace|replay|reedit")
     preserve = Preserve.build(cfg, preserve_edits if preserve_edits is not None else
                               (Path(edit_manifest_path).parent if edit_manifest_path else None), model)
-    if preserve is not None and preserve.strategy == "reedit" and adapter_only and cfg.type != "full":
-        raise ConfigError("preserve_strategy='reedit' writes into the merged weights; an adapter-only output "
-                          "cannot hold it: write the merged model (adapter_only=False)")
     if preserve is not None and preserve.frozen_modules():
         selection = sel.without_modules(selection, preserve.frozen_modules(), "preserve_strategy='freeze'")
     peft_config = sel.lora_config(model, selection, cfg) if cfg.type != "full" else None
@@ -214,11 +211,15 @@ def finetune(
             model.save_pretrained(tmp)
         else:
             train_module.save_pretrained(tmp / ADAPTER)
-            if not adapter_only:
+            if not adapter_only or preserve is not None:
+                # the merged model, in memory even for an adapter-only folder when a strategy needs it: reedit
+                # writes into it (an adapter-only folder keeps the re-edit's deltas beside the adapter, and
+                # loading it applies them after the merge), nullspace measures its residual on it
                 merged = train_module.merge_and_unload()
                 if preserve is not None:
-                    preserve.after_training(merged, tokenizer, progress)  # reedit writes into the merged weights
-                merged.save_pretrained(tmp)
+                    preserve.after_training(merged, tokenizer, progress)
+                if not adapter_only:
+                    merged.save_pretrained(tmp)
         if form != "adapter":
             tokenizer.save_pretrained(tmp)
         shutil.copy2(work / LOG, tmp / LOG)

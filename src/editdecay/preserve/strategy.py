@@ -136,8 +136,7 @@ class Preserve:
 
     def manifest(self) -> dict[str, Any]:
         if self.strategy == "reedit" and "reedit" not in self.info:
-            raise ConfigError("preserve_strategy='reedit' writes into the merged weights, but this run saved no merged "
-                              "model (adapter-only output); write the merged model to re-edit")
+            raise ConfigError("preserve_strategy='reedit': the re-edit did not run (after_training was not called)")
         out = {"strategy": self.strategy, "edit_dir": self.edit_dir, "edit_manifest": self.spec.source,
                "rewritten": list(self.spec.rewritten), "rewritten_from": self.spec.rewritten_from,
                "options": self.options, **self.info,
