@@ -84,6 +84,18 @@ def test_preserve_table_without_stage_times_leaves_compute_empty(tmp_path):
     assert rows and all(r["ft_seconds"] is None and r["compute_ratio"] is None for r in rows)
 
 
+def test_a_failed_fine_tune_has_no_compute(tmp_path):
+    """A failed attempt's seconds (the time until it failed) are not the strategy's cost."""
+    path = _store(tmp_path / "s.db")
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE stages SET status = 'failed', seconds = 0.3 WHERE stage_id = 'ft-reedit'")
+    conn.commit()
+    conn.close()
+    rows = {r["preserve"]: r for r in preserve_table(load_results(path)).rows}
+    assert rows["reedit"]["ft_seconds"] is None and rows["reedit"]["compute_ratio"] is None
+    assert rows["freeze"]["compute_ratio"] == pytest.approx(0.9)
+
+
 def test_strategies_are_configurations_not_seeds_in_every_table(tmp_path):
     """Runs that differ only by strategy are three configurations (one seed each), never pooled as seeds."""
     res = load_results(_store(tmp_path / "s.db"))

@@ -398,9 +398,10 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
                   f"({SUCCESS_RULE}; bootstrap CI over pooled edits), the mean per-edit ES magnitude "
                   "P(new) − P(true) after fine-tuning and its change from M_ed in points (where strategies differ "
                   "when no edit flips), the M_ed_ft downstream score and its difference from plain fine-tuning in "
-                  "points, and compute: the M_ed_ft fine-tuning stage's seconds (everything the strategy adds: "
-                  "keys, projections, replay examples, the re-edit) and their ratio to plain fine-tuning's; mean "
-                  "over seeds.", cols)
+                  "points, and compute: the M_ed_ft fine-tuning stage's wall seconds (everything the strategy "
+                  "adds: keys, projections, replay examples, the re-edit) and their ratio to plain fine-tuning's — "
+                  "wall time, so compare them only between stages that ran under the same load; mean over seeds.",
+                  cols)
     grouped: dict[tuple, dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
         grouped[run.key(drop=("preserve",))][preserve_of(res, run)].append(run)
@@ -437,9 +438,9 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
 
 
 def _ft_seconds(res: Results, run: Run) -> float | None:
-    """Compute time of the fine-tune that made the run's M_ed_ft (None when the store did not time it)."""
+    """Compute time of the finished fine-tune that made the run's M_ed_ft (None when it is not done or untimed)."""
     stage = res.edited_ft_stage(run)
-    return stage.seconds if stage is not None else None
+    return stage.seconds if stage is not None and stage.status == "done" else None
 
 
 def all_tables(res: Results, findings_table: Table | None = None, seed: int = 0) -> list[Table]:
