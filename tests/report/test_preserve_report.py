@@ -73,24 +73,26 @@ def test_preserve_table_from_a_store(tmp_path):
     assert "preserve" in [t.name for t in all_tables(res)]
 
 
-def test_preserve_table_without_stage_times_leaves_compute_empty(tmp_path):
-    """A store whose stages were not timed shows no compute rather than a made-up one."""
-    path = _store(tmp_path / "s.db")
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE stages SET seconds = NULL")
+def _store_changed_by(path, sql: str):
+    """The planted store with one UPDATE applied."""
+    conn = sqlite3.connect(_store(path))
+    conn.execute(sql)
     conn.commit()
     conn.close()
+    return path
+
+
+def test_preserve_table_without_stage_times_leaves_compute_empty(tmp_path):
+    """A store whose stages were not timed shows no compute rather than a made-up one."""
+    path = _store_changed_by(tmp_path / "s.db", "UPDATE stages SET seconds = NULL")
     rows = preserve_table(load_results(path)).rows
     assert rows and all(r["ft_seconds"] is None and r["compute_ratio"] is None for r in rows)
 
 
 def test_a_failed_fine_tune_has_no_compute(tmp_path):
     """A failed attempt's seconds (the time until it failed) are not the strategy's cost."""
-    path = _store(tmp_path / "s.db")
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE stages SET status = 'failed', seconds = 0.3 WHERE stage_id = 'ft-reedit'")
-    conn.commit()
-    conn.close()
+    path = _store_changed_by(tmp_path / "s.db",
+                             "UPDATE stages SET status = 'failed', seconds = 0.3 WHERE stage_id = 'ft-reedit'")
     rows = {r["preserve"]: r for r in preserve_table(load_results(path)).rows}
     assert rows["reedit"]["ft_seconds"] is None and rows["reedit"]["compute_ratio"] is None
     assert rows["freeze"]["compute_ratio"] == pytest.approx(0.9)
