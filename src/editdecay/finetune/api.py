@@ -211,8 +211,8 @@ def finetune(
             model.save_pretrained(tmp)
         else:
             train_module.save_pretrained(tmp / ADAPTER)
-            if not adapter_only or preserve is not None:
-                # the merged model, in memory even for an adapter-only folder when a strategy needs it: reedit
+            if not adapter_only or (preserve is not None and preserve.uses_final_model):
+                # the merged model, in memory even for an adapter-only folder when the strategy needs it: reedit
                 # writes into it (an adapter-only folder keeps the re-edit's deltas beside the adapter, and
                 # loading it applies them after the merge), nullspace measures its residual on it
                 merged = train_module.merge_and_unload()

@@ -110,6 +110,12 @@ class Preserve:
             self._timed("projection", t)
 
     # -- after training -------------------------------------------------------------------------------
+    @property
+    def uses_final_model(self) -> bool:
+        """Whether :meth:`after_training` works on the final weights (reedit writes, nullspace measures), so an
+        adapter run must merge them in memory even when it saves only the adapter."""
+        return self.strategy in ("reedit", "nullspace")
+
     def after_training(self, model: nn.Module, tok: Any, progress: bool = False) -> None:
         """On the final (merged) model: measure the null-space residual, or re-apply the edit (reedit)."""
         if self.strategy == "nullspace":
