@@ -66,4 +66,4 @@ def test_dom_shows_script_string_as_text_and_has_no_script_element(report_html, 
     assert re.search(r"<script\b", dom, flags=re.IGNORECASE) is None  # the parser created no script element
     assert XSS not in dom
     assert dom.count('src="data:image/png;base64,') == 5
-    assert len(re.findall(r"<table>", dom)) == 9  # every table but findings (listed above them), categories too
+    assert len(re.findall(r"<table>", dom)) == 10  # every table but findings (listed above them), categories too

@@ -8,12 +8,12 @@ from typing import Any
 
 from editdecay.errors import ConfigError
 from editdecay.report import findings as findings_mod
-from editdecay.report import plots, render, tables
+from editdecay.report import plots, published, render, tables
 from editdecay.report import shift as shift_mod
 from editdecay.report.load import Results, load_results
 from editdecay.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-MAIN_TABLES = ("edit_metrics", "relative_decrease_by_ft_type", "relative_decrease_by_model", "efr",
+MAIN_TABLES = ("side_by_side", "edit_metrics", "relative_decrease_by_ft_type", "relative_decrease_by_model", "efr",
                "selective_layers")
 
 
@@ -34,6 +34,7 @@ def build_report(results: str | os.PathLike | Results, with_figures: bool = True
     res = results if isinstance(results, Results) else load_results(results)
     findings = findings_mod.all_findings(res, alpha=alpha, min_pairs=min_pairs)
     all_tables = tables.all_tables(res, findings_mod.findings_table(findings), seed=seed)
+    all_tables.insert(1, published.side_by_side_table(res, findings))
     shift = shift_mod.shift_table(res)
     if shift.rows:  # only stores with an activation-shift analysis (`editdecay analyze shift --store`)
         all_tables.insert(-1, shift)

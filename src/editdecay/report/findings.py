@@ -1,4 +1,5 @@
-"""The study's four claims, each checked against a results store with the test that backs the verdict.
+"""The study's claims (four, and v4's HotpotQA one), each checked against a results store with the test that
+backs the verdict.
 
 Outcome of a run: the efficacy drop ES(M_ed) − ES(M_ed_ft) (absolute, fraction of edits). Comparisons between
 two conditions (AlphaEdit vs MEMIT, one layer selection vs another) pair runs that agree on every other factor
@@ -26,6 +27,11 @@ from editdecay.report.load import Results, Run
 from editdecay.report.tables import Column, Table, efficacy_drop_tests
 
 SUPPORTED, NOT_SUPPORTED, NO_DATA = "supported", "not supported", "not enough data"
+CLAIM_DECAY = "Edits decay: fine-tuning lowers the efficacy of edits"
+CLAIM_METHOD = "AlphaEdit edits decay more than MEMIT edits"
+CLAIM_EDITED = "Fine-tuning only the edited layers removes edits best"
+CLAIM_NON_EDITED = "Fine-tuning only the non-edited layers erases more edits than full fine-tuning"
+CLAIM_HOTPOTQA = "Fine-tuning on HotpotQA decays edits more than on commonsense (v4)"
 
 
 @dataclass
@@ -96,7 +102,7 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
     return _with_margin(Finding(claim, verdict, evidence, [m]), res, pairs, a, b, alpha)
 
 
-def _magnitude_drops(res: Results, run: Run) -> dict[str, float]:
+def magnitude_drops(res: Results, run: Run) -> dict[str, float]:
     """Per edit: ES magnitude of M_ed minus that of M_ed_ft (case_id -> drop), where both are stored."""
     before, after = res.per_record(run, "M_ed"), res.per_record(run, "M_ed_ft")
     return {case: before[case]["efficacy_magnitude"] - after[case]["efficacy_magnitude"]
@@ -110,7 +116,7 @@ def _with_margin(finding: Finding, res: Results, pairs: list[tuple[Run, Run]], a
     drops_a: list[float] = []
     drops_b: list[float] = []
     for x, y in pairs:
-        da, db = _magnitude_drops(res, x), _magnitude_drops(res, y)
+        da, db = magnitude_drops(res, x), magnitude_drops(res, y)
         for case in sorted(set(da) & set(db)):
             drops_a.append(da[case])
             drops_b.append(db[case])
@@ -128,7 +134,7 @@ def _with_margin(finding: Finding, res: Results, pairs: list[tuple[Run, Run]], a
 
 
 def edits_decay(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> Finding:
-    claim = "Edits decay: fine-tuning lowers the efficacy of edits"
+    claim = CLAIM_DECAY
     runs = [r for r in res.runs if res.eval_id(r, "M_ed") and res.eval_id(r, "M_ed_ft")]
     tests = efficacy_drop_tests(res, runs, min_pairs) if runs else []
     if not tests:
@@ -172,20 +178,19 @@ def magnitude_drop_test(res: Results, runs: list[Run]) -> tuple[stats.TestResult
 def all_findings(res: Results, alpha: float = 0.05, min_pairs: int = 3) -> list[Finding]:
     findings = [
         edits_decay(res, alpha, min_pairs),
-        compare_conditions(res, "AlphaEdit edits decay more than MEMIT edits", "method", "alphaedit", "memit",
-                           alpha, min_pairs),
+        compare_conditions(res, CLAIM_METHOD, "method", "alphaedit", "memit", alpha, min_pairs),
     ]
     vs_all = compare_conditions(res, "", "layers", "edited", "all", alpha, min_pairs)
     vs_non = compare_conditions(res, "", "layers", "edited", "non-edited", alpha, min_pairs)
     parts = [vs_all, vs_non]
-    findings.append(Finding("Fine-tuning only the edited layers removes edits best", _both([p.verdict for p in parts]),
+    findings.append(Finding(CLAIM_EDITED, _both([p.verdict for p in parts]),
                             f"vs all layers: {vs_all.verdict} ({vs_all.evidence}). vs non-edited layers: "
                             f"{vs_non.verdict} ({vs_non.evidence})", vs_all.tests + vs_non.tests,
                             _both([p.margin_verdict for p in parts]),
                             f"vs all layers: {vs_all.margin_verdict} ({vs_all.margin_evidence}). vs non-edited "
                             f"layers: {vs_non.margin_verdict} ({vs_non.margin_evidence})"))
-    findings.append(compare_conditions(res, "Fine-tuning only the non-edited layers erases more edits than full "
-                                       "fine-tuning", "layers", "non-edited", "all", alpha, min_pairs))
+    findings.append(compare_conditions(res, CLAIM_NON_EDITED, "layers", "non-edited", "all", alpha, min_pairs))
+    findings.append(compare_conditions(res, CLAIM_HOTPOTQA, "ft_data", "hotpotqa", "commonsense", alpha, min_pairs))
     return findings
 
 

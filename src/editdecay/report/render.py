@@ -242,6 +242,13 @@ def table_text(table: Table, max_width: int = 40) -> str:
     columns, constant = table.display_columns()
     header = [c.label + _unit(c.kind) for c in columns]
     shown, cut = table.shown()
+    if table.text_records:  # sentences: every cell whole, one block per row
+        blocks = [f"== {table.title} =="]
+        for r in shown:
+            first, *rest = columns
+            blocks.append(_clean(_cell(r, first.key, first.kind)))
+            blocks += [_clean(f"    {c.label}: {_cell(r, c.key, c.kind)}") for c in rest]
+        return "\n".join(blocks + ([cut] if cut else []))
     rows = [[_clean(_cell(r, c.key, c.kind))[:max_width] for c in columns] for r in shown]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     right = [c.kind != "str" for c in columns]

@@ -45,6 +45,7 @@ class Table:
     rows: list[dict[str, Any]] = field(default_factory=list)
     display_limit: int | None = None  # HTML/Markdown/text show at most this many rows; CSV/LaTeX keep all
     collapse_constant: bool = True  # HTML/Markdown/text fold configuration columns with one value into the caption
+    text_records: bool = False  # text output: one block per row (for tables of sentences), not truncated columns
 
     def display_columns(self) -> tuple[list[Column], list[tuple[str, Any]]]:
         """Columns to show, and the configuration columns left out because every row has the same value."""
