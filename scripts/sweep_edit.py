@@ -4,6 +4,13 @@
     nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify             # chosen defaults, records 0..99
     nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --data zsre # the same on zsRE
     nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --model gemma3-270m
+    # Gemma-3's second sweep (docs/editing.md): z step size, short windows, then 100 edits at the batch size
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --model gemma3-270m --records 100:120 \
+        --only gemma-z,gemma-window,gemma-window2
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --model gemma3-270m --records 100:200 --only gemma-100
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --model gemma3-270m --only window
+    nice -n 10 .venv/bin/python scripts/sweep_edit.py --verify --model gemma3-270m --data counterfact-10k \
+        --records 1000:1100 --only defaults
     .venv/bin/python scripts/sweep_edit.py --table-only                    # rewrite the docs table
 
     # 1,000 edits in one batch; the target values shared by two processes, then edit + evaluate:
@@ -94,6 +101,32 @@ def gemma_configs() -> list[tuple[str, dict]]:
     # z stalls (median probability 0.58 at 100 edits): the target-value optimiser, at the default λ 1500
     for v_lr, steps in ((2.0, 25), (5.0, 25), (0.5, 60)):
         out.append(("gemma-z", dict(GEMMA_BASE, v_lr=v_lr, v_num_grad_steps=steps, mom2_update_weight=1500.0)))
+    # why z stalls: Adam moves each coordinate by at most ~v_lr per step, and Gemma-3's MLP output is ~10x
+    # SmolLM2's (|h| ~ 3,800 at layer 6), so 25 steps at 0.5 reach |delta|/|h| ~ 0.06 (clamp 4 never binds).
+    # v_lr 2 reaches target probability 0.93-0.99 on records 100-109; then lambda and AlphaEdit at that z.
+    for lam in (4000.0, 15000.0, 50000.0):
+        out.append(("gemma-z", dict(GEMMA_BASE, v_lr=2.0, mom2_update_weight=lam)))
+    for thr, alpha in ((2e-2, 1.0), (2e-2, 10.0), (5e-3, 10.0)):
+        out.append(("gemma-z", dict(GEMMA_BASE, v_lr=2.0, method="alphaedit", nullspace_threshold=thr, L2=alpha)))
+    # a stronger z is written worse across layers 3-6: each lower layer's share moves layer 6's residual away
+    # from z (mean residual 210 -> 308 over the four layers at v_lr 0.5, 490 -> 663 at 2.0; SmolLM2 4-8:
+    # 118 -> 76), while layer 6 alone wrote 10 edits with ES 0.9 / NS 1.0: short windows at the top
+    for layers in ([6], [5, 6], [4], [7]):
+        for v_lr in (0.5, 1.0):
+            for lam in (1500.0, 15000.0):
+                out.append(("gemma-window", dict(GEMMA_BASE, layers=layers, v_lr=v_lr, mom2_update_weight=lam)))
+    # the window trades efficacy for neighbourhood: lambda between, and AlphaEdit's null space at the short windows
+    for layers in ([6], [5, 6]):
+        for lam in (500.0, 4000.0, 8000.0):
+            out.append(("gemma-window2", dict(GEMMA_BASE, layers=layers, mom2_update_weight=lam)))
+        for thr, alpha in ((2e-2, 1.0), (5e-2, 1.0), (2e-2, 10.0)):
+            out.append(("gemma-window2", dict(GEMMA_BASE, layers=layers, method="alphaedit", nullspace_threshold=thr,
+                                              L2=alpha)))
+    # the short windows did not carry over to 100 edits (records 0-99: 0.64 / 0.51 / 0.74 at best, below the
+    # 3-6 default): tune at the reported batch size, 100 edits of records 100-199 (--records 100:200), z at v_lr 1
+    for lam in (1500.0, 4000.0):
+        out.append(("gemma-100", dict(GEMMA_BASE, v_lr=1.0, mom2_update_weight=lam)))
+    out.append(("gemma-100", dict(GEMMA_BASE, v_lr=1.0, method="alphaedit", nullspace_threshold=2e-2, L2=1.0)))
     return out
 
 
@@ -332,6 +365,12 @@ def verify_configs(model_name: str = "smollm2-135m") -> list[tuple[str, dict]]:
                  kl_factor=0.0625, mom2_update_weight=15000.0)
     out.append(("paper", paper))
     out.append(("paper", dict(paper, method="alphaedit", nullspace_threshold=2e-2, L2=10.0)))
+    if model_name.startswith("gemma"):  # the short windows of the second Gemma sweep (gemma-window, -window2)
+        for layers, lam in (([5, 6], 4000.0), ([6], 1500.0), ([6], 500.0)):
+            out.append(("window", dict(GEMMA_BASE, layers=layers, mom2_update_weight=lam)))
+        for layers, thr, alpha in (([5, 6], 2e-2, 10.0), ([6], 2e-2, 1.0)):
+            out.append(("window", dict(GEMMA_BASE, layers=layers, method="alphaedit", nullspace_threshold=thr,
+                                       L2=alpha)))
     return out
 
 
