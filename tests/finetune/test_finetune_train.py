@@ -129,9 +129,10 @@ def _log(folder):
     return [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_resume_after_crash_and_interrupt(make_tiny, tmp_path, short_data):
+@pytest.mark.parametrize("ft_type", ["lora", "dora"])
+def test_resume_after_crash_and_interrupt(make_tiny, tmp_path, short_data, ft_type):
     """A crash resumes from the last checkpoint, Ctrl-C from the step it stopped at; both end bit-identical."""
-    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "all", "max_steps": 6, "grad_accum": 2, "max_examples": 10,
+    cfg = {**BASE, "data": short_data, "type": ft_type, "layers": "all", "max_steps": 6, "grad_accum": 2, "max_examples": 10,
            "checkpoint_every": 2, "lr": 1e-3}  # 5 micro-batches an epoch: the run crosses an epoch boundary
     model, tok = make_tiny("llama")
     ref = finetune(model, cfg, tmp_path / "ref", tokenizer=tok, progress=False)
@@ -158,6 +159,29 @@ def test_resume_after_crash_and_interrupt(make_tiny, tmp_path, short_data):
         for fname in ("model.safetensors", "adapter/adapter_model.safetensors"):
             a, b = load_file(str(tmp_path / "ref" / fname)), load_file(str(out / fname))
             assert all(torch.equal(a[k], b[k]) for k in a), fname
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(make_tiny, tmp_path, short_data):
+    """DoRA trains matrices and magnitude vectors; a moment of the wrong shape is a clear error, not a crash of
+    the fused optimizer kernel (what a mis-ordered restore of DoRA's state once caused)."""
+    from safetensors.torch import save_file
+
+    cfg = {**BASE, "data": short_data, "type": "dora", "layers": "all", "max_steps": 4, "checkpoint_every": 1}
+    model, tok = make_tiny("llama")
+
+    def stop(step, row):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False, on_step=stop)
+    opt_file = tmp_path / "out.partial" / "checkpoint" / "optimizer.safetensors"
+    state = load_file(str(opt_file))
+    vector = next(k for k, v in state.items() if k.endswith("exp_avg") and v.ndim == 1)
+    state[vector] = torch.zeros(3, 3)
+    save_file(state, str(opt_file))
+    with pytest.raises(ConfigError, match=r"optimizer state exp_avg of .* has shape \(3, 3\)"):
+        finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
 
 
 def test_refuses_other_runs_and_reuses_finished(make_tiny, tmp_path, short_data):

@@ -206,10 +206,18 @@ def load_checkpoint(work_dir: Path, named: list[tuple[str, nn.Parameter]], optim
             param.copy_(tensors[name].to(param.device))
     opt_tensors = load_file(str(folder / "optimizer.safetensors"))
     opt_state = optimizer.state_dict()
+    # the checkpoint numbers parameters in ``named`` order; the optimizer's state_dict numbers them in its
+    # param-group order (matrices first, then vectors such as DoRA's magnitudes): translate by identity
+    slot = {id(p): i for i, p in enumerate(p for group in optimizer.param_groups for p in group["params"])}
     restored: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in opt_tensors.items():
         i, sub = key.split(".", 1)
-        restored.setdefault(int(i), {})[sub] = value
+        name, param = named[int(i)]
+        if sub in ("exp_avg", "exp_avg_sq") and value.shape != param.shape:
+            raise ConfigError(f"checkpoint in {folder}: optimizer state {sub} of {name} has shape "
+                              f"{tuple(value.shape)}, the parameter {tuple(param.shape)}; pass overwrite=True "
+                              "(--overwrite) to start again")
+        restored.setdefault(slot[id(param)], {})[sub] = value
     opt_state["state"] = restored
     optimizer.load_state_dict(opt_state)
     torch.set_rng_state(load_file(str(folder / "rng.safetensors"))["torch"])
