@@ -110,4 +110,4 @@ def test_text_report_prints_the_side_by_side_cells_whole(tmp_path):
     text = report_text(build_store(tmp_path / "s.db", seeds=(0,)))
     block = text[text.index("== Side by side with the study =="):]
     assert "    the study: mean relative ES decrease: full 38.10%, LoRA 28.71%, DoRA 29.88%" in block
-    assert "    here: mean relative ES decrease: full " in block and "DoRA" in block.split("\n")[3]
+    assert "    here: mean relative ES decrease over all-layer runs: full " in block and "DoRA" in block.split("\n")[3]

@@ -75,7 +75,8 @@ def decay_here(res: Results) -> str:
         margin = _margin_lost(res, runs)
         parts.append(f"{FT_LABELS[ft]} {rel:.2f}% ({len(runs)} run{'s' * (len(runs) != 1)}"
                      + (f"; ES magnitude −{margin:.1f} points" if margin is not None else "") + ")")
-    return ("mean relative ES decrease: " + ", ".join(parts)) if parts else "no all-layer runs with both evaluations"
+    return ("mean relative ES decrease over all-layer runs: " + ", ".join(parts)) if parts \
+        else "no all-layer runs with both evaluations"
 
 
 def _pair_summary(res: Results, pairs: list[tuple[Run, Run]], a: str, b: str, what: str) -> str:
