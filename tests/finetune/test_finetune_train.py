@@ -184,6 +184,27 @@ def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(make_tiny, t
         finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
 
 
+def test_a_nan_loss_after_a_resume_names_the_checkpoint(make_tiny, tmp_path, short_data):
+    """A loss that turns NaN right after a resume points at the checkpoint, not only at the learning rate."""
+    from safetensors.torch import save_file
+
+    from editdecay.errors import NumericalError
+
+    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "all", "max_steps": 4, "checkpoint_every": 1}
+    model, tok = make_tiny("llama")
+
+    def stop(step, row):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False, on_step=stop)
+    weights = tmp_path / "out.partial" / "checkpoint" / "trainable.safetensors"
+    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(weights)).items()}, str(weights))
+    with pytest.raises(NumericalError, match=r"at step 3; lower the lr; this run resumed at step 2 from .*--overwrite"):
+        finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
+
+
 def test_refuses_other_runs_and_reuses_finished(make_tiny, tmp_path, short_data):
     cfg = {**BASE, "data": short_data, "type": "lora", "layers": [0], "max_steps": 1}
     model, tok = make_tiny("llama")

@@ -318,7 +318,10 @@ def train(
                         loss.backward()
                         step_loss += float(loss.detach())
                     if not math.isfinite(step_loss):
-                        raise NumericalError(f"fine-tuning loss is {step_loss} at step {step + 1}; lower the lr")
+                        resumed = (f"; this run resumed at step {start} from {work_dir / CHECKPOINT}: if the loss "
+                                   "was finite before, start again with overwrite=True (--overwrite)") if start else ""
+                        raise NumericalError(f"fine-tuning loss is {step_loss} at step {step + 1}; lower the lr"
+                                             + resumed)
                     master.grads_to_master()
                     if cfg.max_grad_norm is not None:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
