@@ -161,12 +161,9 @@ def test_resume_after_crash_and_interrupt(make_tiny, tmp_path, short_data, ft_ty
             assert all(torch.equal(a[k], b[k]) for k in a), fname
 
 
-def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(make_tiny, tmp_path, short_data):
-    """DoRA trains matrices and magnitude vectors; a moment of the wrong shape is a clear error, not a crash of
-    the fused optimizer kernel (what a mis-ordered restore of DoRA's state once caused)."""
-    from safetensors.torch import save_file
-
-    cfg = {**BASE, "data": short_data, "type": "dora", "layers": "all", "max_steps": 4, "checkpoint_every": 1}
+def _stopped_at_step_2(make_tiny, tmp_path, short_data, ft_type):
+    """A 4-step run checkpointed every step and interrupted after step 2: (config, tokenizer, checkpoint folder)."""
+    cfg = {**BASE, "data": short_data, "type": ft_type, "layers": "all", "max_steps": 4, "checkpoint_every": 1}
     model, tok = make_tiny("llama")
 
     def stop(step, row):
@@ -175,11 +172,19 @@ def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(make_tiny, t
 
     with pytest.raises(KeyboardInterrupt):
         finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False, on_step=stop)
-    opt_file = tmp_path / "out.partial" / "checkpoint" / "optimizer.safetensors"
-    state = load_file(str(opt_file))
+    return cfg, tok, tmp_path / "out.partial" / "checkpoint"
+
+
+def test_a_checkpoint_whose_optimizer_state_does_not_fit_is_refused(make_tiny, tmp_path, short_data):
+    """DoRA trains matrices and magnitude vectors; a moment of the wrong shape is a clear error, not a crash of
+    the fused optimizer kernel (what a mis-ordered restore of DoRA's state once caused)."""
+    from safetensors.torch import save_file
+
+    cfg, tok, checkpoint = _stopped_at_step_2(make_tiny, tmp_path, short_data, "dora")
+    state = load_file(str(checkpoint / "optimizer.safetensors"))
     vector = next(k for k, v in state.items() if k.endswith("exp_avg") and v.ndim == 1)
     state[vector] = torch.zeros(3, 3)
-    save_file(state, str(opt_file))
+    save_file(state, str(checkpoint / "optimizer.safetensors"))
     with pytest.raises(ConfigError, match=r"optimizer state exp_avg of .* has shape \(3, 3\)"):
         finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
 
@@ -190,16 +195,8 @@ def test_a_nan_loss_after_a_resume_names_the_checkpoint(make_tiny, tmp_path, sho
 
     from editdecay.errors import NumericalError
 
-    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "all", "max_steps": 4, "checkpoint_every": 1}
-    model, tok = make_tiny("llama")
-
-    def stop(step, row):
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(model, cfg, tmp_path / "out", tokenizer=tok, progress=False, on_step=stop)
-    weights = tmp_path / "out.partial" / "checkpoint" / "trainable.safetensors"
+    cfg, tok, checkpoint = _stopped_at_step_2(make_tiny, tmp_path, short_data, "lora")
+    weights = checkpoint / "trainable.safetensors"
     save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(str(weights)).items()}, str(weights))
     with pytest.raises(NumericalError, match=r"at step 3; lower the lr; this run resumed at step 2 from .*--overwrite"):
         finetune(make_tiny("llama")[0], cfg, tmp_path / "out", tokenizer=tok, progress=False)
