@@ -111,3 +111,13 @@ def test_text_report_prints_the_side_by_side_cells_whole(tmp_path):
     block = text[text.index("== Side by side with the study =="):]
     assert "    the study: mean relative ES decrease: full 38.10%, LoRA 28.71%, DoRA 29.88%" in block
     assert "    here: mean relative ES decrease over all-layer runs: full " in block and "DoRA" in block.split("\n")[3]
+
+
+def test_a_margin_gain_is_printed_as_a_gain():
+    """Where fine-tuning raises the ES magnitude (re-editing can), the cell says +, never "−-"."""
+    res = _grid()
+    for run in res.runs:
+        if run.ft_type == "full" and run.layer_selection == "all":
+            for values in res.record_metrics[res.groups[run.run_id]["M_ed_ft"]].values():
+                values["efficacy_magnitude"] = 0.95
+    assert "full 30.00% (2 runs; ES magnitude +5.0 points)" in decay_here(res)

@@ -44,7 +44,8 @@ class Finding:
     margin_evidence: str = "no per-edit ES magnitudes in the store"
 
 
-def _drop(res: Results, run: Run) -> float | None:
+def efficacy_drop(res: Results, run: Run) -> float | None:
+    """ES(M_ed) − ES(M_ed_ft) of one run (a fraction); None until both evaluations are in the store."""
     a, b = res.summary(run, "M_ed", "efficacy"), res.summary(run, "M_ed_ft", "efficacy")
     return None if a is None or b is None else a - b
 
@@ -72,7 +73,7 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
                        min_pairs: int = 3) -> Finding:
     """Claim: condition ``a`` removes more edits (larger efficacy drop) than condition ``b``."""
     pairs = pair_runs(res, factor, a, b)
-    drops = [(_drop(res, x), _drop(res, y)) for x, y in pairs]
+    drops = [(efficacy_drop(res, x), efficacy_drop(res, y)) for x, y in pairs]
     complete = [(da, db) for da, db in drops if da is not None and db is not None]
     if len(complete) >= min_pairs:
         da, db = [d[0] for d in complete], [d[1] for d in complete]

@@ -9,14 +9,13 @@ So a README table built from this one quotes nothing that the committed store ca
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from editdecay import stats
 from editdecay.report import findings as fnd
 from editdecay.report.load import Results, Run
-from editdecay.report.tables import Column, Table
+from editdecay.report.tables import Column, Table, mean_present
 
 FT_LABELS = {"full": "full", "lora": "LoRA", "dora": "DoRA"}
 
@@ -28,19 +27,19 @@ class Published:
     here: Callable[[Results], str]  # the same quantity measured in a store
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(kept) / len(kept) if kept else None
-
-
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _change(drop: float) -> str:
+    """A drop in points as a signed change: 3.0 -> "−3.0", a gain -0.4 -> "+0.4"."""
+    return f"−{drop:.1f}" if drop >= 0 else f"+{-drop:.1f}"
+
+
 def _es_lost(res: Results, run: Run) -> float | None:
     """ES points lost by fine-tuning (100 × (ES(M_ed) − ES(M_ed_ft)))."""
-    a, b = res.summary(run, "M_ed", "efficacy"), res.summary(run, "M_ed_ft", "efficacy")
-    return None if a is None or b is None else 100.0 * (a - b)
+    drop = fnd.efficacy_drop(res, run)
+    return None if drop is None else 100.0 * drop
 
 
 def _margin_lost(res: Results, runs: Iterable[Run]) -> float | None:
@@ -50,12 +49,12 @@ def _margin_lost(res: Results, runs: Iterable[Run]) -> float | None:
 
 
 def _es(res: Results, runs: list[Run], grp: str) -> float | None:
-    value = _mean(res.summary(r, grp, "efficacy") for r in runs)
+    value = mean_present(res.summary(r, grp, "efficacy") for r in runs)
     return None if value is None else 100.0 * value
 
 
 def _downstream(res: Results, runs: list[Run], grp: str) -> float | None:
-    value = _mean(res.downstream_mean(r, grp) for r in runs)
+    value = mean_present(res.downstream_mean(r, grp) for r in runs)
     return None if value is None else 100.0 * value
 
 
@@ -68,27 +67,29 @@ def decay_here(res: Results) -> str:
     parts = []
     for ft in ("full", "lora", "dora"):
         runs = [r for r in res.runs if r.ft_type == ft and _all_layers(r) and _es_lost(res, r) is not None]
-        rel = _mean(stats.relative_decrease(res.summary(r, "M_ed", "efficacy"), res.summary(r, "M_ed_ft", "efficacy"))
-                    for r in runs)
+        rel = mean_present(stats.relative_decrease(res.summary(r, "M_ed", "efficacy"),
+                                                   res.summary(r, "M_ed_ft", "efficacy")) for r in runs)
         if rel is None:
             continue
         margin = _margin_lost(res, runs)
         parts.append(f"{FT_LABELS[ft]} {rel:.2f}% ({len(runs)} run{'s' * (len(runs) != 1)}"
-                     + (f"; ES magnitude −{margin:.1f} points" if margin is not None else "") + ")")
+                     + (f"; ES magnitude {_change(margin)} points" if margin is not None else "") + ")")
     return ("mean relative ES decrease over all-layer runs: " + ", ".join(parts)) if parts \
         else "no all-layer runs with both evaluations"
 
 
 def _pair_summary(res: Results, pairs: list[tuple[Run, Run]], a: str, b: str, what: str) -> str:
-    done = [(x, y) for x, y in pairs if _es_lost(res, x) is not None and _es_lost(res, y) is not None]
+    lost = [(x, y, _es_lost(res, x), _es_lost(res, y)) for x, y in pairs]
+    done = [(x, y, la, lb) for x, y, la, lb in lost if la is not None and lb is not None]
     if not done:
         return f"{what}: no finished {a} run paired with a finished {b} run ({len(pairs)} pairs in the store)"
-    pairs = done
-    lost_a, lost_b = _mean(_es_lost(res, x) for x, _ in pairs), _mean(_es_lost(res, y) for _, y in pairs)
-    text = f"{what}: {_fmt(lost_a)} ({a}) vs {_fmt(lost_b)} ({b}) ES points lost over {len(pairs)} run pair{'s' * (len(pairs) != 1)}"
+    pairs = [(x, y) for x, y, _, _ in done]
+    lost_a, lost_b = mean_present(la for *_, la, _ in done), mean_present(lb for *_, lb in done)
+    text = (f"{what}: {_fmt(lost_a)} ({a}) vs {_fmt(lost_b)} ({b}) ES points lost over {len(pairs)} run "
+            f"pair{'s' * (len(pairs) != 1)}")
     ma, mb = _margin_lost(res, [x for x, _ in pairs]), _margin_lost(res, [y for _, y in pairs])
     if ma is not None and mb is not None:
-        text += f"; ES magnitude −{ma:.1f} vs −{mb:.1f} points"
+        text += f"; ES magnitude {_change(ma)} vs {_change(mb)} points"
     return text
 
 
@@ -148,9 +149,9 @@ PUBLISHED: tuple[Published, ...] = (
 def side_by_side_table(res: Results, findings: list[fnd.Finding]) -> Table:
     verdicts = {f.claim: f for f in findings}
     table = Table("side_by_side", "Side by side with the study",
-                  "Each claim with the study's published numbers (arXiv 2511.05852 v4) and the same quantity measured "
-                  "in this store (ES points = 100 × (ES(M_ed) − ES(M_ed_ft)), means over the paired runs the claim's "
-                  "test uses; ES magnitude = per-edit P(new) − P(true), mean drop), with the verdict of the claim's "
+                  "Each claim with the study's published numbers (arXiv 2511.05852 v4) and the same quantity "
+                  "measured in this store (ES points = 100 × (ES(M_ed) − ES(M_ed_ft)), means over the paired runs "
+                  "the claim's test uses; ES magnitude = per-edit P(new) − P(true), mean drop), with the verdict of the claim's "
                   "test and, after the semicolon, its verdict on ES magnitude.",
                   [Column("claim", "claim"), Column("study", "the study"), Column("here", "here"),
                    Column("verdict", "holds here?")], text_records=True)

@@ -71,7 +71,8 @@ class Table:
         return [row.get(key) for row in self.rows]
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean_present(values: Iterable[float | None]) -> float | None:
+    """Mean of the values that are there (None and NaN left out); None when none is."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(vals)) if vals else None
 
@@ -118,9 +119,9 @@ def edit_metrics_table(res: Results) -> Table:
         row["seeds"] = len(runs)
         for metric in EDIT_METRICS:
             for grp in ("M_ed", "M_ed_ft"):
-                row[f"{metric}_{grp}"] = _mean(res.summary(r, grp, metric) for r in runs)
+                row[f"{metric}_{grp}"] = mean_present(res.summary(r, grp, metric) for r in runs)
         for grp in ("M_ed", "M_ed_ft"):
-            row[f"score_{grp}"] = _mean(stats.harmonic_mean([res.summary(r, grp, m) for m in EDIT_METRICS])
+            row[f"score_{grp}"] = mean_present(stats.harmonic_mean([res.summary(r, grp, m) for m in EDIT_METRICS])
                                         for r in runs)
         table.rows.append(row)
     return table
@@ -149,8 +150,8 @@ def categories_table(res: Results) -> Table:
                 shares[c].append(cats.count(c) / len(cats))
         if not sizes:
             continue
-        row.update(seeds=len(sizes), n=round(_mean(sizes)))
-        row.update({c: _mean(shares[c]) for c in stats.CATEGORIES})
+        row.update(seeds=len(sizes), n=round(mean_present(sizes)))
+        row.update({c: mean_present(shares[c]) for c in stats.CATEGORIES})
         table.rows.append(row)
     return table
 
@@ -179,7 +180,7 @@ def relative_decrease_table(res: Results, by: str) -> Table:
         per_run = [_relative_decreases(res, r) for r in group]
         row: dict[str, Any] = {by: key[0], "runs": len(group)}
         for metric in EDIT_METRICS:
-            row[f"rd_{metric}"] = _mean(d[metric] for d in per_run)
+            row[f"rd_{metric}"] = mean_present(d[metric] for d in per_run)
             row[f"rd_{metric}_sd"] = _sd(d[metric] for d in per_run)
         table.rows.append(row)
     return table
@@ -239,10 +240,10 @@ def efr_table(res: Results, seed: int = 0) -> Table:
             continue
         row["n_ok"] = sum(d.n_success_before for d in decays["efficacy"])
         for metric in DECAY_METRICS:
-            row[f"efr_{metric}"] = _mean(d.efr for d in decays[metric])
-            row[f"emergent_{metric}"] = _mean(d.emergent for d in decays[metric])
+            row[f"efr_{metric}"] = mean_present(d.efr for d in decays[metric])
+            row[f"emergent_{metric}"] = mean_present(d.emergent for d in decays[metric])
         indicators = [s for d in decays["efficacy"] for s in d.survived]
-        row["survival"] = _mean(indicators)
+        row["survival"] = mean_present(indicators)
         lo, hi = stats.bootstrap_ci(indicators, seed=seed) if indicators else (None, None)
         row["survival_lo"], row["survival_hi"] = lo, hi
         table.rows.append(row)
@@ -273,8 +274,8 @@ def selective_layer_table(res: Results) -> Table:
         def add(condition: str, group: list[Run], grp: str, base: dict[str, Any] = base) -> None:
             row = dict(base, condition=condition, seeds=len({r.seed for r in group}))
             for metric in ("efficacy", "paraphrase"):
-                row[metric] = _mean(res.summary(r, grp, metric) for r in group)
-            row["downstream"] = _mean(res.downstream_mean(r, grp) for r in group)
+                row[metric] = mean_present(res.summary(r, grp, metric) for r in group)
+            row["downstream"] = mean_present(res.downstream_mean(r, grp) for r in group)
             table.rows.append(row)
 
         add("base (M)", runs, "M")
@@ -296,7 +297,7 @@ def downstream_table(res: Results) -> Table:
     for row, runs in _configurations(res):
         row["seeds"] = len(runs)
         for grp in ("M", "M_ft", "M_ed", "M_ed_ft"):
-            row[f"ds_{grp}"] = _mean(res.downstream_mean(r, grp) for r in runs)
+            row[f"ds_{grp}"] = mean_present(res.downstream_mean(r, grp) for r in runs)
         if any(row[f"ds_{g}"] is not None for g in ("M", "M_ft", "M_ed", "M_ed_ft")):
             table.rows.append(row)
     return table
@@ -367,8 +368,8 @@ def edits_table(res: Results) -> Table:
                            "subject": info.subject if info else None, "prompt": info.prompt if info else None,
                            "target_true": info.target_true if info else None,
                            "target_new": info.target_new if info else None, "runs": len(before[case]),
-                           "es_M_ed": _mean(before[case]), "es_M_ed_ft": _mean(after[case]),
-                           "survival": _mean(surv[case])})
+                           "es_M_ed": mean_present(before[case]), "es_M_ed_ft": mean_present(after[case]),
+                           "survival": mean_present(surv[case])})
     table.rows.sort(key=lambda r: (r["survival"] if r["survival"] is not None else 2.0, r["case_id"]))
     return table
 
@@ -411,27 +412,27 @@ def preserve_table(res: Results, seed: int = 0) -> Table:
     order = {"none": 0, "freeze": 1, "nullspace": 2, "replay": 3, "reedit": 4}
     for key in sorted(grouped, key=lambda t: tuple(str(x) for x in t)):
         by = grouped[key]
-        plain = _mean(res.downstream_mean(r, "M_ed_ft") for r in by.get("none", []))
-        plain_seconds = _mean(_ft_seconds(res, r) for r in by.get("none", []))
+        plain = mean_present(res.downstream_mean(r, "M_ed_ft") for r in by.get("none", []))
+        plain_seconds = mean_present(_ft_seconds(res, r) for r in by.get("none", []))
         for strategy in sorted(by, key=lambda s: (order.get(s, 9), s)):
             runs = sorted(by[strategy], key=lambda r: r.seed)
             decays = [d for r in runs if (d := run_decay(res, r, "efficacy")) is not None]
             indicators = [s for d in decays for s in d.survived]
-            down = _mean(res.downstream_mean(r, "M_ed_ft") for r in runs)
+            down = mean_present(res.downstream_mean(r, "M_ed_ft") for r in runs)
             row: dict[str, Any] = dict(zip(key_names, key, strict=True), preserve=strategy, seeds=len(runs))
             row["n_ok"] = sum(d.n_success_before for d in decays) if decays else None
-            row["es_before"] = _mean(res.summary(r, "M_ed", "efficacy") for r in runs)
-            row["es_after"] = _mean(res.summary(r, "M_ed_ft", "efficacy") for r in runs)
-            row["efr"] = _mean(d.efr for d in decays)
-            row["survival"] = _mean(indicators)
+            row["es_before"] = mean_present(res.summary(r, "M_ed", "efficacy") for r in runs)
+            row["es_after"] = mean_present(res.summary(r, "M_ed_ft", "efficacy") for r in runs)
+            row["efr"] = mean_present(d.efr for d in decays)
+            row["survival"] = mean_present(indicators)
             row["survival_lo"] = stats.bootstrap_ci(indicators, seed=seed)[0] if indicators else None
-            row["mag_after"] = _mean(res.summary(r, "M_ed_ft", "efficacy_magnitude") for r in runs)
-            mag_before = _mean(res.summary(r, "M_ed", "efficacy_magnitude") for r in runs)
+            row["mag_after"] = mean_present(res.summary(r, "M_ed_ft", "efficacy_magnitude") for r in runs)
+            mag_before = mean_present(res.summary(r, "M_ed", "efficacy_magnitude") for r in runs)
             row["mag_delta"] = None if row["mag_after"] is None or mag_before is None else \
                 100.0 * (row["mag_after"] - mag_before)
             row["downstream"] = down
             row["downstream_delta"] = None if down is None or plain is None else 100.0 * (down - plain)
-            row["ft_seconds"] = _mean(_ft_seconds(res, r) for r in runs)
+            row["ft_seconds"] = mean_present(_ft_seconds(res, r) for r in runs)
             row["compute_ratio"] = None if row["ft_seconds"] is None or not plain_seconds else \
                 row["ft_seconds"] / plain_seconds
             table.rows.append(row)
