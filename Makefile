@@ -28,7 +28,8 @@ DEMO_OUT ?= demo-out
 # (the report reads only the store: `editdecay analyze` writes the target frequencies into it first).
 # Resumable: running it again reuses every finished stage.
 demo: setup
-	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work --workers 2
+	$(BIN)/editdecay run configs/demo.yaml --store $(DEMO_OUT)/results.db --workdir $(DEMO_OUT)/work --workers 2 \
+		--order critical-path
 	$(BIN)/editdecay analyze frequency --store $(DEMO_OUT)/results.db
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --out $(DEMO_OUT)/report
 	$(BIN)/editdecay report $(DEMO_OUT)/results.db --format text

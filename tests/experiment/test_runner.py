@@ -24,7 +24,7 @@ from helpers import ROOT
 from editdecay.artifacts import MARKER
 from editdecay.cli import main
 from editdecay.errors import ConfigError, EditDecayError
-from editdecay.experiment.runner import run_grid, workdir_lock
+from editdecay.experiment.runner import plan_grid, run_grid, workdir_lock
 from editdecay.experiment.stages import run_edit
 from editdecay.experiment.store import Store
 
@@ -151,17 +151,39 @@ def test_complete_artifact_without_done_row_is_adopted_not_recomputed(reference,
         assert db.integrity_check() == []
 
 
-def test_done_stage_whose_artifact_vanished_is_computed_again(reference, tmp_path):
+def _copy_reference(reference, tmp_path) -> tuple[Path, Path]:
     store, work = tmp_path / "copy.db", tmp_path / "work"
     shutil.copy(reference["store"], store)
     shutil.copytree(reference["work"], work, ignore=shutil.ignore_patterns(".runner.lock"))
-    victim = sorted((work / "stages" / "evaluate").iterdir())[0]
-    shutil.rmtree(victim)
+    return store, work
+
+
+def test_vanished_artifact_is_computed_again_only_when_a_stage_to_run_reads_it(reference, tmp_path):
+    """A new machine has the store but not the work folder: a finished evaluation keeps its numbers and is not
+    recomputed; a fine-tune whose artifact vanished runs again only because one of its evaluations is pending."""
+    store, work = _copy_reference(reference, tmp_path)
+    shutil.rmtree(sorted((work / "stages" / "evaluate").iterdir())[0])
     result = run_grid(TINY, store, workdir=work, progress=False)
-    assert result.missing == [victim.name] and result.executed == [victim.name]
+    assert result.missing == [] and result.executed == []
     assert all_numbers(store) == all_numbers(reference["store"])
+
+    fine_tune = sorted((work / "stages" / "finetune").iterdir())[0]
+    shutil.rmtree(fine_tune)
+    evaluation = next(s for s, spec in plan_grid(TINY).stages.items() if fine_tune.name in spec.deps.values())
     with Store(store) as db:
-        assert db.integrity_check() == []
+        db.reset_stage(evaluation)  # it never finished: neither its numbers nor its artifact exist
+    shutil.rmtree(work / "stages" / "evaluate" / evaluation, ignore_errors=True)
+    result = run_grid(TINY, store, workdir=work, progress=False)
+    assert result.missing == [fine_tune.name] and result.executed == [fine_tune.name, evaluation]
+    assert all_numbers(store) == all_numbers(reference["store"])
+
+
+def test_store_alone_resumes_a_finished_grid_without_computing_anything(reference, tmp_path):
+    store = tmp_path / "copy.db"
+    shutil.copy(reference["store"], store)
+    result = run_grid(TINY, store, workdir=tmp_path / "new-machine", progress=False)
+    assert result.executed == [] and result.missing == [] and result.runs == {"done": 4}
+    assert all_numbers(store) == all_numbers(reference["store"])
 
 
 def _wait_for_done(store: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> int:
@@ -282,6 +304,8 @@ def test_full_finetune_weights_are_dropped_and_recomputed_only_when_an_evaluatio
 
     with Store(store) as db:
         (eval_id,) = [r["eval_stage_id"] for r in db.query("SELECT eval_stage_id FROM run_groups WHERE grp='M_ed_ft'")]
+    with Store(store) as db:
+        db.reset_stage(eval_id)  # an evaluation whose numbers are lost, with its artifact
     shutil.rmtree(work / "stages" / "evaluate" / eval_id)
     third = run_grid(grid, store, workdir=work, progress=False)
     assert sorted(s.split("-")[0] for s in third.executed) == ["evaluate", "finetune"]
@@ -345,3 +369,36 @@ def test_ready_stages_start_longest_chain_first():
     fine_tunes = [s for s, spec in plan.stages.items() if spec.kind == "finetune"]
     evaluations = [s for s, spec in plan.stages.items() if spec.kind == "evaluate"]
     assert min(rank[s] for s in fine_tunes) > max(rank[s] for s in evaluations)
+
+
+def test_results_first_evaluates_each_fine_tune_before_the_next(reference):
+    """The default order: with one worker, the evaluations reading a fine-tune run right after it, so a grid
+    interrupted between fine-tunes has every finished fine-tune's numbers in the store."""
+    from editdecay.experiment.runner import plan_grid
+
+    plan = plan_grid(TINY)
+    executed = reference["first"].executed  # one in-process worker: finished in the order started
+    fine_tunes = [i for i, sid in enumerate(executed) if plan.stages[sid].kind == "finetune"]
+    assert len(fine_tunes) >= 2
+    for i in fine_tunes:
+        readers = {s for s, spec in plan.stages.items() if executed[i] in spec.deps.values()}
+        assert readers and set(executed[i + 1:i + 1 + len(readers)]) == readers
+
+
+def test_stage_orders_rank_fine_tunes_and_evaluations_oppositely(tmp_path):
+    """critical-path ranks every fine-tune before every evaluation; results-first ranks every evaluation (of a
+    fine-tuned model or not) before every fine-tune. An unknown order is refused by name before any work."""
+    from editdecay.experiment.runner import plan_grid, stage_priority
+
+    plan = plan_grid(TINY)
+    fine_tunes = [s for s, spec in plan.stages.items() if spec.kind == "finetune"]
+    evaluations = [s for s, spec in plan.stages.items() if spec.kind == "evaluate"]
+    of_fine_tunes = [s for s in evaluations if set(plan.stages[s].deps.values()) & set(fine_tunes)]
+    assert fine_tunes and of_fine_tunes
+    key = stage_priority(plan, "critical-path")
+    assert max(key[s] for s in fine_tunes) < min(key[s] for s in evaluations)
+    key = stage_priority(plan, "results-first")
+    assert max(key[s] for s in evaluations) < min(key[s] for s in fine_tunes)
+    with pytest.raises(ConfigError, match="--order 'depth': allowed: results-first, critical-path"):
+        run_grid(TINY, tmp_path / "r.db", workdir=tmp_path / "work", order="depth", progress=False)
+    assert not (tmp_path / "r.db").exists()

@@ -9,7 +9,7 @@ cd "$(git rev-parse --show-toplevel)"
 BIN=${BIN:-.venv/bin}
 rm -rf demo-out
 start=$(date +%s.%N)
-$BIN/editdecay run configs/demo.yaml --store demo-out/results.db --workdir demo-out/work --workers 2
+$BIN/editdecay run configs/demo.yaml --store demo-out/results.db --workdir demo-out/work --workers 2 --order critical-path
 t_run=$(date +%s.%N)
 $BIN/editdecay analyze frequency --store demo-out/results.db
 $BIN/editdecay report demo-out/results.db --out demo-out/report

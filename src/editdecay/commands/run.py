@@ -17,6 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip", default="", metavar="KINDS",
                    help="stage kinds to leave for a later run, with everything that needs them (comma-separated; "
                    "e.g. --skip finetune computes statistics, target values, edits and their evaluations only)")
+    p.add_argument("--order", choices=["results-first", "critical-path"], default="results-first",
+                   help="which ready stage starts first: results-first (default) evaluates each fine-tune before "
+                   "starting another, so an interrupted grid keeps every finished result; critical-path starts "
+                   "the longest remaining chain first (shortest wall time when nothing is interrupted)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--device", help="default torch device of the stages run here and by local workers (sets "
                    "$EDITDECAY_DEVICE; default: cuda when present, else cpu); dtype is the grid key 'dtype'")
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_grid(args.grid, args.store, workdir=args.workdir, backend=args.backend, workers=args.workers,
                       retry_failed=args.retry_failed, progress=not args.no_progress,
-                      skip=[k.strip() for k in args.skip.split(",") if k.strip()])
+                      skip=[k.strip() for k in args.skip.split(",") if k.strip()], order=args.order)
     runs = ", ".join(f"{n} {status}" for status, n in sorted(result.runs.items())) or "none"
     print(f"runs: {runs}")
     print(f"stages: {len(result.executed)} computed, {len(result.adopted)} adopted, {len(result.failed)} failed, "

@@ -93,16 +93,24 @@ def run_grid(
     progress: bool = True,
     ray_address: str | None = None,
     skip: tuple[str, ...] | list[str] = (),
+    order: str = "results-first",
 ) -> RunResult:
     """Validate, plan and execute a grid into ``store``; re-running resumes where it stopped.
 
     ``skip`` names stage kinds to leave pending, with every stage that needs one of them: ``("finetune",)``
     computes the statistics, target values, edits and their evaluations now (the edits are shared by every
     fine-tuning setting) and leaves the fine-tunes for a later run of the same grid.
+
+    ``order`` picks which ready stage a free worker starts (:data:`ORDERS`): ``results-first`` finishes what is
+    under way (a fine-tune's evaluations before the next fine-tune), so every finished hour is in the store and
+    a transient model copy is dropped early; ``critical-path`` starts the longest remaining chain first, the
+    shortest wall time when the machine and the work folder last until the grid ends.
     """
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
+    if order not in ORDERS:
+        raise ConfigError(f"--order {order!r}: allowed: {', '.join(ORDERS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers!r}: must be a positive integer")
     unknown = sorted(set(skip) - set(STAGE_KINDS))
@@ -127,13 +135,9 @@ def run_grid(
                 log(f"retrying {n} failed stage(s)")
         result = RunResult(runs={})
         status = db.stage_statuses(list(plan.stages))
+        _recompute_missing(plan, db, artifacts, status, result)
         for sid, spec in plan.stages.items():
-            if status[sid] == "done" and not is_complete(artifacts[sid]):  # artifact deleted or moved away
-                log(f"{sid} is recorded done but its artifact {artifacts[sid]} is missing; computing it again")
-                db.reset_stage(sid)
-                status[sid] = "pending"
-                result.missing.append(sid)
-            elif status[sid] != "done" and is_complete(artifacts[sid]):  # finished after the last store write
+            if status[sid] != "done" and is_complete(artifacts[sid]):  # finished after the last store write
                 try:
                     _finish(db, spec, artifacts[sid], read_marker(artifacts[sid]), adopted=True)
                     status[sid] = "done"
@@ -146,12 +150,38 @@ def run_grid(
         result.deferred = _deferred(plan, set(skip), status)
         engine = make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
         try:
-            _execute(plan, db, engine, artifacts, status, result, progress)
+            _execute(plan, db, engine, artifacts, status, result, progress, order)
         finally:
             engine.close()
         result.runs = db.refresh_runs()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _recompute_missing(plan: Plan, db: Store, artifacts: dict[str, Path], status: dict[str, str],
+                       result: RunResult) -> None:
+    """A done stage whose artifact is gone (a new machine, a deleted work folder) runs again only when a stage
+    still to run reads it: its numbers are in the store, so a finished evaluation, or a fine-tune whose
+    evaluations are all done, is never recomputed. Dependants first (reverse plan order), so a recomputed
+    stage makes its own inputs needed in turn."""
+    readers: dict[str, list[str]] = {sid: [] for sid in plan.stages}
+    for sid, spec in plan.stages.items():
+        for dep in spec.deps.values():
+            readers[dep].append(sid)
+    kept = 0
+    for sid in reversed(list(plan.stages)):
+        if status[sid] != "done" or is_complete(artifacts[sid]):
+            continue
+        if any(status[r] != "done" for r in readers[sid]):
+            log(f"{sid} is recorded done but its artifact {artifacts[sid]} is missing; computing it again")
+            db.reset_stage(sid)
+            status[sid] = "pending"
+            result.missing.append(sid)
+        else:
+            kept += 1
+    if kept:
+        log(f"{kept} finished stage(s) have no artifact here; their numbers are in the store and nothing "
+            "still to run reads them, so they are not recomputed")
 
 
 def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any], adopted: bool = False) -> None:
@@ -161,13 +191,13 @@ def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any],
 
 
 def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path], status: dict[str, str],
-             result: RunResult, progress: bool) -> None:
+             result: RunResult, progress: bool, order: str = "results-first") -> None:
     """Submit every ready stage (all inputs done), record outcomes, skip what depends on a failure."""
     from tqdm import tqdm
 
-    rank = critical_path_seconds(plan)  # longest chain first: fine-tunes before the evaluations that can wait
+    priority = stage_priority(plan, order)
     todo = sorted((sid for sid in plan.stages if status[sid] == "pending" and sid not in result.deferred),
-                  key=lambda sid: -rank[sid])
+                  key=priority.__getitem__)
     bar = tqdm(total=len(todo), desc="stages", unit="stage", disable=not progress, dynamic_ncols=True)
     bar.set_postfix_str(f"{sum(1 for s in status.values() if s == 'done')} already done")
     in_flight: set[str] = set()
@@ -217,6 +247,28 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                 db.refresh_runs()
     finally:
         bar.close()
+
+
+ORDERS = ("results-first", "critical-path")
+
+
+def stage_priority(plan: Plan, order: str) -> dict[str, tuple[float, ...]]:
+    """Per stage, a sort key: ready stages start in increasing key order.
+
+    ``critical-path``: longest remaining chain first (fine-tunes before the evaluations that can wait).
+    ``results-first``: stages nothing reads (the evaluations, whose numbers are the results) first, then the
+    deepest stage (the longest chain of inputs above it), so a fine-tune is evaluated before another starts;
+    ties by the critical path.
+    """
+    rank = critical_path_seconds(plan)
+    if order == "critical-path":
+        return {sid: (-rank[sid],) for sid in plan.stages}
+    depth: dict[str, int] = {}
+    read: set[str] = set()
+    for sid, spec in plan.stages.items():  # plan order is topological: inputs come first
+        depth[sid] = 1 + max((depth[d] for d in spec.deps.values()), default=0)
+        read.update(spec.deps.values())
+    return {sid: (int(sid in read), -depth[sid], -rank[sid]) for sid in plan.stages}
 
 
 def critical_path_seconds(plan: Plan) -> dict[str, float]:
