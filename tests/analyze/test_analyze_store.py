@@ -33,7 +33,7 @@ def test_an_older_store_gains_the_analysis_tables(tmp_path):
     with Store(path) as store:
         tables = {r[0] for r in store.query("SELECT name FROM sqlite_master WHERE type='table'")}
         assert set(ANALYSIS_TABLES) <= tables
-        assert store.query("SELECT value FROM meta WHERE key='schema_version'")[0][0] == str(SCHEMA_VERSION) == "2"
+        assert store.query("SELECT value FROM meta WHERE key='schema_version'")[0][0] == str(SCHEMA_VERSION) == "3"
         assert [r[0] for r in store.query("SELECT run_id FROM runs")] == ["r"]
         store.put_target_frequency("c", {"Paris": 3})
         store.note_analysis("target_frequency", "d", "failed", "unreadable")

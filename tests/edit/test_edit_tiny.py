@@ -355,3 +355,31 @@ def test_edit_to_folder_removes_its_checkpoint(make_tiny, tmp_path):
                    progress=False, model=model, tok=tok)
     assert (out / "manifest.json").exists()
     assert not (tmp_path / ".edited.checkpoint").exists()
+
+
+def test_statistics_are_built_after_the_first_target_values_and_a_bad_corpus_fails_first(make_tiny, tmp_path,
+                                                                                         monkeypatch):
+    """The d x d second moments (and the rule built on them) are not in memory while the first batch's target
+    values are optimised: computed once, after them, on the unedited model; sequential batches reuse them. A
+    statistics corpus that does not exist still fails before any target value."""
+    import editdecay.edit.api as api_mod
+
+    calls: list[str] = []
+    real_targets, real_stats = api_mod.compute_targets, api_mod.second_moments
+    monkeypatch.setattr(api_mod, "compute_targets", lambda *a, **k: calls.append("targets") or real_targets(*a, **k))
+    monkeypatch.setattr(api_mod, "second_moments", lambda *a, **k: calls.append("stats") or real_stats(*a, **k))
+    model, tok = make_tiny("llama", n_layers=4)
+    sharpen(model)
+    before = copy.deepcopy(model)
+    res = edit(model, tok, RECORDS, method="alphaedit", hparams=FAST, batch_size=2, stats_cache=StatsCache(tmp_path),
+               progress=False)
+    assert calls == ["targets", "stats", "targets"] and res.n_batches == 2
+    direct = second_moments(before, tok, get_adapter(before), res.layers, n_tokens=FAST["mom2_n_tokens"],
+                            seq_len=FAST.get("mom2_seq_len", 256), cache=StatsCache(tmp_path))
+    assert direct.stats_id == res.stats_id and direct.from_cache == sorted(res.layers)  # the unedited model's
+
+    calls.clear()
+    with pytest.raises(DataError, match="missing-corpus.txt"):
+        edit(before, tok, RECORDS, hparams=dict(FAST, mom2_dataset=[str(tmp_path / "missing-corpus.txt")]),
+             stats_cache=StatsCache(tmp_path), progress=False)
+    assert calls == []

@@ -402,3 +402,34 @@ def test_stage_orders_rank_fine_tunes_and_evaluations_oppositely(tmp_path):
     with pytest.raises(ConfigError, match="--order 'depth': allowed: results-first, critical-path"):
         run_grid(TINY, tmp_path / "r.db", workdir=tmp_path / "work", order="depth", progress=False)
     assert not (tmp_path / "r.db").exists()
+
+
+def test_every_stage_records_its_cpu_time_beside_its_wall_time(reference, capsys):
+    """Wall seconds grow with the machine's load; the CPU seconds of the process that ran the stage do not."""
+    con = sqlite3.connect(reference["store"])
+    rows = con.execute("SELECT kind, seconds, cpu_seconds FROM stages WHERE status='done'").fetchall()
+    con.close()
+    assert rows and all(cpu is not None and 0 < cpu <= wall * (os.cpu_count() or 1) + 1.0 for _, wall, cpu in rows)
+    assert main(["status", "--store", str(reference["store"])]) == 0
+    out = capsys.readouterr().out
+    finetune_line = next(line for line in out.splitlines() if line.startswith("finetune"))
+    cpu = sum(c for k, _, c in rows if k == "finetune")
+    assert "CPU s" in out and finetune_line.split()[-1] == f"{cpu:.0f}"
+
+
+def test_the_committed_study_store_gains_the_cpu_time_column_and_keeps_its_rows(tmp_path):
+    """A store written before CPU time was recorded (schema 2, docs/results/cpu-study.db) opens, gains the
+    column with no value for its old stages, and keeps every row."""
+    old = tmp_path / "old.db"
+    shutil.copy(ROOT / "docs" / "results" / "cpu-study.db", old)
+    con = sqlite3.connect(old)
+    before = con.execute("SELECT stage_id, status, seconds FROM stages ORDER BY stage_id").fetchall()
+    if "cpu_seconds" in {r[1] for r in con.execute("PRAGMA table_info(stages)")}:  # a later snapshot has it
+        con.execute("ALTER TABLE stages DROP COLUMN cpu_seconds")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with Store(old) as db:
+        rows = db.query("SELECT stage_id, status, seconds, cpu_seconds FROM stages ORDER BY stage_id")
+        assert [tuple(r)[:3] for r in rows] == before and all(r["cpu_seconds"] is None for r in rows)
+        assert db.query("SELECT value FROM meta WHERE key='schema_version'")[0][0] == "3"

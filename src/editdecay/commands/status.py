@@ -29,11 +29,16 @@ def run(args: argparse.Namespace) -> int:
         total = sum(s["runs"].values())
         print(f"store {args.store}: grid(s) {', '.join(s['grids']) or '-'}")
         print(f"runs: {total} ({', '.join(f'{n} {k}' for k, n in sorted(s['runs'].items())) or 'none'})")
-        print(f"{'kind':<10} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7}")
+        print(f"{'kind':<10} {'done':>6} {'running':>8} {'pending':>8} {'failed':>7} {'wall s':>10} {'CPU s':>10}")
         for kind, counts in sorted(s["stages"].items()):
+            t = s["seconds_by_kind"].get(kind, {"wall": 0.0, "cpu": 0.0, "with_cpu": 0})
+            cpu = f"{t['cpu']:.0f}" if t["with_cpu"] else "-"
+            if t["with_cpu"] and t["with_cpu"] < counts.get("done", 0):
+                cpu += f" ({t['with_cpu']})"  # stages finished before CPU time was recorded have none
             print(f"{kind:<10} {counts.get('done', 0):>6} {counts.get('running', 0):>8} {counts.get('pending', 0):>8} "
-                  f"{counts.get('failed', 0):>7}")
-        print(f"compute time of done stages: {s['seconds_done']:.1f} s")
+                  f"{counts.get('failed', 0):>7} {t['wall']:>10.0f} {cpu:>10}")
+        print(f"compute time of done stages: {s['seconds_done']:.1f} s wall (wall and CPU s: sums over done stages;"
+              " CPU s is user + system time of the process that ran each stage)")
         for f in s["failed"]:
             first = (f["error"] or "").splitlines()[0]
             print(f"FAILED {f['stage_id']} (attempts {f['attempts']}): {first}")

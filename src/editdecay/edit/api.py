@@ -32,7 +32,7 @@ from editdecay.edit.hparams import EditHparams, resolve_hparams
 from editdecay.edit.prompts import Request, context_templates
 from editdecay.edit.registry import get_method
 from editdecay.edit.spread import apply_update
-from editdecay.edit.stats import StatsCache, second_moments, stats_kwargs
+from editdecay.edit.stats import StatsCache, check_stats_settings, second_moments, stats_kwargs
 from editdecay.edit.targets import compute_targets
 from editdecay.edit.targets_cache import TargetCache, as_cache
 from editdecay.errors import ConfigError, DataError
@@ -138,20 +138,10 @@ def edit(
     log = (lambda msg: print(f"[editdecay edit] {msg}", file=sys.stderr)) if progress else None
     timings: dict[str, float] = {}
 
+    check_stats_settings(**stats_kwargs(hp.to_dict()))  # a bad statistics corpus fails now, not after the targets
     t = time.perf_counter()
     templates = context_templates(model, tok, hp.context_template_length_params, seed)
     timings["templates"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    stats = second_moments(model, tok, adapter, hp.layers, **stats_kwargs(hp.to_dict()), cache=stats_cache,
-                           progress=progress)
-    timings["stats"] = time.perf_counter() - t
-    if log:
-        cached = f" ({len(stats.from_cache)} of {len(hp.layers)} layers from the cache)" if stats.from_cache else ""
-        log(f"second moments for layers {hp.layers}: {timings['stats']:.1f}s{cached}")
-
-    rule, state = get_method(method).build_rule(hp, stats, state=state, device=model_device(model), timings=timings,
-                                                log=log)
 
     size = batch_size or len(requests)
     deltas: dict[str, torch.Tensor] = {}
@@ -159,6 +149,7 @@ def edit(
     probs: list[float] = []
     steps: list[int] = []
     n_batches = 0
+    stats = rule = None
     timings["targets"] = timings["update"] = 0.0
     for lo in range(0, len(requests), size):
         batch = requests[lo:lo + size]
@@ -169,6 +160,9 @@ def edit(
         if log:
             log(f"batch {n_batches}: target values for {len(batch)} requests in {time.perf_counter() - t:.1f}s, "
                 f"median target prob {statistics.median(targets.prob):.3f}")
+        if rule is None:  # after the first target values: their backward passes never share memory with d x d
+            stats, rule, state = _statistics_and_rule(model, tok, adapter, hp, stats_cache, state, timings, log,
+                                                      progress)
         t = time.perf_counter()
         batch_deltas = apply_update(model, tok, adapter, batch, templates, hp, targets, rule,
                                     progress=progress, log=log)
@@ -178,6 +172,7 @@ def edit(
         losses += targets.loss
         probs += targets.prob
         steps += targets.steps
+    assert stats is not None  # _as_records refuses an empty list
     timings["total"] = time.perf_counter() - t_start
     return EditResult(
         deltas=deltas, layers=list(hp.layers), hparams=hp, stats_id=stats.stats_id, timings=timings,
@@ -185,6 +180,24 @@ def edit(
         target_prob=probs, target_steps=steps, state=state, n_batches=n_batches,
         statistics=stats.manifest_fields(),
     )
+
+
+def _statistics_and_rule(model, tok, adapter, hp, stats_cache, state, timings, log, progress):
+    """The second moments of the unedited model and the method's update rule built on them.
+
+    Called once the first batch's target values exist, not before: the d x d statistics (and AlphaEdit's
+    projections) then never sit in memory beside the target optimisation's activations, the edit's largest
+    allocation (for a 7B model, ~1 GB of float64 per edited layer)."""
+    t = time.perf_counter()
+    stats = second_moments(model, tok, adapter, hp.layers, **stats_kwargs(hp.to_dict()), cache=stats_cache,
+                           progress=progress)
+    timings["stats"] = time.perf_counter() - t
+    if log:
+        cached = f" ({len(stats.from_cache)} of {len(hp.layers)} layers from the cache)" if stats.from_cache else ""
+        log(f"second moments for layers {hp.layers}: {timings['stats']:.1f}s{cached}")
+    rule, state = get_method(hp.method).build_rule(hp, stats, state=state, device=model_device(model), timings=timings,
+                                               log=log)
+    return stats, rule, state
 
 
 def apply_deltas(model: nn.Module, deltas: dict[str, torch.Tensor], sign: int = 1) -> None:

@@ -201,6 +201,18 @@ def _low_warning(n_tokens: int, dim: int) -> None:
         "(mom2_dataset: a local file or hf:wikimedia/wikipedia:20231101.en)"), stacklevel=3)
 
 
+def check_stats_settings(corpora: Sequence[str], n_tokens: int = 100_000, n_samples: int | None = None,
+                         **_: Any) -> tuple[str, int, Corpus]:
+    """The budget's unit and size and the resolved corpus, or a clear error: cheap, so a caller that computes the
+    statistics late (:func:`editdecay.edit.api.edit`) still refuses a bad corpus before any work."""
+    from editdecay.errors import ConfigError
+
+    unit, budget = ("samples", n_samples) if n_samples is not None else ("tokens", n_tokens)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ConfigError(f"hparams.mom2_n_{unit}: must be a positive integer, got {budget!r}")
+    return unit, budget, Corpus(list(corpora))
+
+
 def second_moments(
     model: nn.Module,
     tok: Any,
@@ -223,17 +235,12 @@ def second_moments(
     ``allow_short``: a corpus smaller than the budget gives a warning and ``result.short`` instead of
     :class:`StatsShortfall`.
     """
-    from editdecay.errors import ConfigError
-
     start_time = time.perf_counter()
     layers = sorted(set(int(x) for x in layers))
     corpora = list(corpora)
-    unit, budget = ("samples", n_samples) if n_samples is not None else ("tokens", n_tokens)
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise ConfigError(f"hparams.mom2_n_{unit}: must be a positive integer, got {budget!r}")
+    unit, budget, corpus = check_stats_settings(corpora, n_tokens, n_samples)
     acc = getattr(torch, accum_dtype)
     model_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    corpus = Corpus(corpora)
     c_hash = corpus.hash()
     hashes = model_layer_hashes(model, adapter, tok, max(layers))
 

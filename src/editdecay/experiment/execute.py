@@ -75,7 +75,7 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
     """
     spec = StageSpec.from_dict(spec_dict)
     out = Path(artifact)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -92,16 +92,17 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
         if fn is None:
             raise ConfigError(f"no stage function for kind {spec.kind!r}")
         info = fn(spec, {role: Path(p) for role, p in inputs.items()}, out, StageContext(Path(workdir), progress))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         versions = library_versions()
         write_marker(out, {"stage_id": spec.stage_id, "kind": spec.kind, "config": spec.config, "deps": spec.deps,
-                           "seconds": seconds, "finished_at": time.time(), "versions": versions, "pid": os.getpid(),
-                           **(info or {})})
-        return {"stage_id": spec.stage_id, "status": "done", "seconds": seconds, "versions": versions}
+                           "seconds": seconds, "cpu_seconds": cpu_seconds, "finished_at": time.time(),
+                           "versions": versions, "pid": os.getpid(), **(info or {})})
+        return {"stage_id": spec.stage_id, "status": "done", "seconds": seconds, "cpu_seconds": cpu_seconds,
+                "versions": versions}
     except Exception as exc:  # a stage's failure is data: recorded with its error, the grid goes on
         tb = traceback.format_exc(limit=8)
         return {"stage_id": spec.stage_id, "status": "failed", "seconds": time.perf_counter() - start,
-                "error": f"{type(exc).__name__}: {exc}\n{tb}"}
+                "cpu_seconds": time.process_time() - cpu_start, "error": f"{type(exc).__name__}: {exc}\n{tb}"}
     finally:
         torch.set_num_threads(threads)
         if spec.resources.get("device"):

@@ -187,7 +187,7 @@ def _recompute_missing(plan: Plan, db: Store, artifacts: dict[str, Path], status
 def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any], adopted: bool = False) -> None:
     evaluation, trajectory = read_outputs(spec.kind, artifact)
     db.mark_done(spec.stage_id, spec.kind, artifact, outcome.get("seconds"), outcome.get("versions") or {},
-                 evaluation=evaluation, trajectory=trajectory, adopted=adopted)
+                 evaluation=evaluation, trajectory=trajectory, adopted=adopted, cpu_seconds=outcome.get("cpu_seconds"))
 
 
 def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path], status: dict[str, str],
@@ -238,7 +238,8 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                     except EditDecayError as exc:
                         outcome = {**outcome, "status": "failed", "error": str(exc)}
                 if outcome["status"] == "failed":
-                    db.mark_failed(sid, outcome.get("error") or "unknown error", outcome.get("seconds"))
+                    db.mark_failed(sid, outcome.get("error") or "unknown error", outcome.get("seconds"),
+                                   outcome.get("cpu_seconds"))
                     status[sid] = "failed"
                     result.failed.append(sid)
                     first = (outcome.get("error") or "").splitlines()[0] if outcome.get("error") else ""

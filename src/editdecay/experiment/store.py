@@ -21,7 +21,9 @@ from typing import Any
 
 from editdecay.errors import EditDecayError
 
-SCHEMA_VERSION = 2  # 2: the analysis tables (layer_change, target_frequency, activation_shift, analyses)
+SCHEMA_VERSION = 3  # 2: the analysis tables (layer_change, target_frequency, activation_shift, analyses);
+# 3: stages.cpu_seconds
+ADDED_COLUMNS = {"stages": (("cpu_seconds", "REAL"),)}  # columns a store older than SCHEMA_VERSION gains
 STAGE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
 STAGE_STATUSES = ("pending", "running", "done", "failed")
 
@@ -35,7 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS stages (
     stage_id TEXT PRIMARY KEY, kind TEXT, status TEXT, config_json TEXT, artifact TEXT, error TEXT,
     attempts INT DEFAULT 0, started_at REAL, finished_at REAL, seconds REAL, versions_json TEXT,
-    deps_json TEXT, adopted INT DEFAULT 0
+    deps_json TEXT, adopted INT DEFAULT 0, cpu_seconds REAL
 );
 CREATE TABLE IF NOT EXISTS run_groups (
     run_id TEXT, grp TEXT, eval_stage_id TEXT, PRIMARY KEY (run_id, grp)
@@ -109,8 +111,13 @@ class Store:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.conn.execute(statement)
+                for table, columns in ADDED_COLUMNS.items():
+                    have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+                    for name, sql_type in columns:
+                        if name not in have:
+                            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                # an older store gains the new tables above (CREATE TABLE IF NOT EXISTS): it is now this version
+                # an older store gains the new tables and columns above: it is now this version
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INT) < ?",
                                   (str(SCHEMA_VERSION), SCHEMA_VERSION))
         except sqlite3.DatabaseError as exc:
@@ -224,17 +231,22 @@ class Store:
         with self.transaction() as c:
             return c.execute("UPDATE stages SET status='pending', error=NULL WHERE status='failed'").rowcount
 
-    def mark_failed(self, stage_id: str, error: str, seconds: float | None = None) -> None:
+    def mark_failed(self, stage_id: str, error: str, seconds: float | None = None,
+                    cpu_seconds: float | None = None) -> None:
         with self.transaction() as c:
             c.execute(
-                "UPDATE stages SET status='failed', error=?, finished_at=?, seconds=? WHERE stage_id=?",
-                (error, time.time(), seconds, stage_id),
+                "UPDATE stages SET status='failed', error=?, finished_at=?, seconds=?, cpu_seconds=? WHERE stage_id=?",
+                (error, time.time(), seconds, cpu_seconds, stage_id),
             )
 
     def mark_done(self, stage_id: str, kind: str, artifact: str | os.PathLike, seconds: float | None,
                   versions: dict[str, Any], evaluation: dict[str, Any] | None = None,
-                  trajectory: list[dict[str, Any]] | None = None, adopted: bool = False) -> None:
-        """Ingest a finished stage's numbers and mark it done: one transaction, so both or neither happen."""
+                  trajectory: list[dict[str, Any]] | None = None, adopted: bool = False,
+                  cpu_seconds: float | None = None) -> None:
+        """Ingest a finished stage's numbers and mark it done: one transaction, so both or neither happen.
+
+        ``seconds`` is wall time (it grows with the machine's load); ``cpu_seconds`` the CPU time of the process
+        that ran the stage, user + system over all its threads (what the stage cost, whatever else ran)."""
         now = time.time()
         with self.transaction() as c:
             if evaluation is not None:
@@ -243,8 +255,9 @@ class Store:
                 self._ingest_trajectory(c, stage_id, trajectory)
             c.execute(
                 "UPDATE stages SET status='done', error=NULL, artifact=?, finished_at=?, seconds=?, versions_json=?,"
-                " adopted=?, started_at=COALESCE(started_at, ?) WHERE stage_id=?",
-                (str(artifact), now, seconds, json.dumps(versions, sort_keys=True), int(adopted), now, stage_id),
+                " adopted=?, started_at=COALESCE(started_at, ?), cpu_seconds=? WHERE stage_id=?",
+                (str(artifact), now, seconds, json.dumps(versions, sort_keys=True), int(adopted), now, cpu_seconds,
+                 stage_id),
             )
 
     @staticmethod
@@ -374,8 +387,12 @@ class Store:
         failed = [dict(r) for r in self.query(
             "SELECT stage_id, kind, attempts, error FROM stages WHERE status='failed' ORDER BY stage_id")]
         seconds = self.query("SELECT COALESCE(SUM(seconds), 0) AS s FROM stages WHERE status='done'")[0]["s"]
+        by_kind = {r["kind"]: {"wall": r["wall"], "cpu": r["cpu"], "with_cpu": r["with_cpu"]} for r in self.query(
+            "SELECT kind, COALESCE(SUM(seconds), 0) AS wall, COALESCE(SUM(cpu_seconds), 0) AS cpu,"
+            " COUNT(cpu_seconds) AS with_cpu FROM stages WHERE status='done' GROUP BY kind")}
         grids = [r["grid"] for r in self.query("SELECT DISTINCT grid FROM runs ORDER BY grid")]
-        return {"runs": runs, "stages": stages, "failed": failed, "seconds_done": seconds, "grids": grids}
+        return {"runs": runs, "stages": stages, "failed": failed, "seconds_done": seconds, "seconds_by_kind": by_kind,
+                "grids": grids}
 
     def group_metrics(self, run_id: str) -> dict[str, dict[str, float]]:
         """{group: {metric: value}} of one run: the four groups' summary numbers."""
