@@ -7,7 +7,8 @@ Each dtype runs in a fresh subprocess (so one's peak does not hide the other's):
 compute the second moments and target values from scratch (no cache: a bf16 model has its own), edit with the
 default hyperparameters (MEMIT unless --method), score the edited model on the same CounterFact records.
 Peak memory is the process's peak resident set (ru_maxrss), reported whole and above the baseline measured
-after the imports and before the model loads. The issue's aims: |ES/PS/NS difference| <= 0.02 and
+after the imports and before the model loads; beside it, the tensors autograd saves for one target-value chunk's
+backward pass, by dtype (what scales with the dtype, without the process's fixed part or the allocator's slack). The issue's aims: |ES/PS/NS difference| <= 0.02 and
 bf16 peak <= 0.6x float32's.
 """
 
@@ -32,9 +33,47 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu() -> dict:
+    """The CPU model and whether it lacks native bfloat16 (then its bf16 matrix products are emulated: slow)."""
+    from editdecay.models.device import emulated_half_precision
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    return {"cpu_model": model or platform.processor(), "bf16_emulated": emulated_half_precision("bfloat16")}
+
+
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def saved_activations_mb(model, tok, records, method: str) -> dict[str, float]:
+    """MB of the tensors autograd keeps for the backward pass of one target-value step on ``records`` (one chunk),
+    by dtype, each storage counted once: what scales with the model's dtype, free of the allocator and of the
+    process's fixed part (the CPU analogue of a GPU's allocated activation memory)."""
+    import torch
+
+    from editdecay.edit.api import resolve_hparams
+    from editdecay.edit.prompts import Request, context_templates
+    from editdecay.edit.targets import compute_targets
+    from editdecay.models.arch import get_adapter
+
+    hp = resolve_hparams(method, model, None, {"v_num_grad_steps": 1})  # one forward, nothing optimised
+    templates = context_templates(model, tok, hp.context_template_length_params, 0)
+    storages: dict[int, tuple[str, int]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages.setdefault(storage.data_ptr(), (str(t.dtype).replace("torch.", ""), storage.nbytes()))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        compute_targets(model, tok, get_adapter(model), [Request.from_record(r) for r in records[:hp.z_batch_size]],
+                        templates, hp, progress=False, cache=None)
+    out: dict[str, float] = {}
+    for dtype, nbytes in storages.values():
+        out[dtype] = out.get(dtype, 0.0) + nbytes / 2**20
+    return {k: round(v, 1) for k, v in sorted(out.items())} | {"total": round(sum(out.values()), 1)}
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -51,6 +90,8 @@ def worker(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - t0
     after_load = _maxrss_mb()
     records = api.load_edit_records("counterfact", n=args.n)
+    if args.activations_only:
+        return {"dtype": args.dtype, "saved_activations_mb": saved_activations_mb(model, tok, records, args.method)}
     overrides = {"mom2_n_tokens": args.mom2_n_tokens} if args.mom2_n_tokens else None
     with tempfile.TemporaryDirectory() as stats_dir:
         result = api.edit(model, tok, records, method=args.method, overrides=overrides,
@@ -59,7 +100,9 @@ def worker(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     scores = api.evaluate_edits(model, tok, records)
     eval_s = time.perf_counter() - t1
+    saved = saved_activations_mb(model, tok, records, args.method)  # after the peak: it cannot raise it
     return {
+        "saved_activations_mb": saved,
         "dtype": args.dtype,
         "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "summary": {k: scores["summary"][k] for k in METRICS},
@@ -87,11 +130,14 @@ def main() -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--seed", type=int, default=0, help="the edit's seed (its context templates); another seed "
                    "shows how much a metric moves between two float32 edits of the same records")
-    p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--activations-only", action="store_true", help="only the saved activations of one target-value "
+                   "chunk per dtype (seconds; no edit): writes bench_dtype_activations.json unless --out")
+    p.add_argument("--out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.out = args.out or str(RESULTS.with_name("bench_dtype_activations.json") if args.activations_only else RESULTS)
     if args.worker:
         Path(args.worker_out).write_text(json.dumps(worker(args)))
         return 0
@@ -104,26 +150,31 @@ def main() -> int:
             out = fh.name
         cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--worker-out", out, "--model", args.model,
                "--method", args.method, "--n", str(args.n), "--mom2-n-tokens", str(args.mom2_n_tokens),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed)] + (["--activations-only"] if args.activations_only else [])
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         print(f"[bench_dtype] {dtype}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
         runs[dtype] = json.loads(Path(out).read_text())
         os.unlink(out)
-        print(f"[bench_dtype] {dtype}: {runs[dtype]['summary']} peak {runs[dtype]['peak_rss_mb']} MB", file=sys.stderr)
+        shown = runs[dtype]["saved_activations_mb"] if args.activations_only else (
+            f"{runs[dtype]['summary']} peak {runs[dtype]['peak_rss_mb']} MB")
+        print(f"[bench_dtype] {dtype}: {shown}", file=sys.stderr)
     report: dict = {
         "command": "python benchmarks/bench_dtype.py " + " ".join(sys.argv[1:]),
         "model": args.model, "method": args.method, "n_records": args.n, "mom2_n_tokens": args.mom2_n_tokens,
         "seed": args.seed,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": loadavg_start,
                     "loadavg_end": os.getloadavg(),
-                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), **_cpu()},
         "seconds": round(time.time() - started, 1),
         "runs": runs,
     }
     if {"float32", "bfloat16"} <= set(runs):
         a, b = runs["float32"], runs["bfloat16"]
+        report["saved_activations_ratio"] = round(b["saved_activations_mb"]["total"] / a["saved_activations_mb"]["total"],
+                                                  3)
+    if {"float32", "bfloat16"} <= set(runs) and not args.activations_only:
         diff = {k: round(b["summary"][k] - a["summary"][k], 4) for k in METRICS}
         report["bf16_minus_fp32"] = diff
         report["peak_ratio_bf16_over_fp32"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)

@@ -321,3 +321,40 @@ def test_edit_command_with_dtype(tiny_folder, tmp_path, monkeypatch):
     assert all(t.dtype == torch.float32 for t in load_file(str(out / "deltas.safetensors")).values())
     with pytest.raises(SystemExit):  # argparse names the flag and the choices
         main(["edit", "--model", str(tiny_folder), "--dtype", "float8", "--out", str(tmp_path / "x")])
+
+
+X86_FLAGS = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma {extra}\n"
+
+
+@pytest.mark.parametrize("extra, dtype, emulated", [
+    ("", "bfloat16", True), ("", "float16", True), ("", "float32", False),
+    ("avx512f avx512_bf16", "bfloat16", False), ("amx_bf16 amx_tile", "bfloat16", False),
+    ("avx512_bf16", "float16", True), ("avx512_fp16", "float16", False),
+])
+def test_half_precision_is_called_emulated_only_where_the_cpu_lacks_its_instructions(extra, dtype, emulated):
+    from editdecay.models.device import emulated_half_precision
+
+    assert emulated_half_precision(dtype, X86_FLAGS.format(extra=extra)) is emulated
+    assert emulated_half_precision(dtype, "processor\t: 0\nFeatures\t: fp asimd bf16\n") is False  # not x86: unknown
+    assert emulated_half_precision(dtype, "") is False
+
+
+def test_a_half_precision_model_on_such_a_cpu_loads_with_a_performance_warning(tmp_path, make_tiny, monkeypatch):
+    import warnings
+
+    import editdecay.models.device as device
+    from editdecay.models.device import PerformanceWarning
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    for cpu_lacks_bf16 in (True, False):
+        monkeypatch.setattr(device, "emulated_half_precision", lambda dtype, cpuinfo=None, v=cpu_lacks_bf16: v)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loaded, _ = load_model(tmp_path / "m", device="cpu", dtype="bfloat16")
+        assert next(loaded.parameters()).dtype == torch.bfloat16
+        perf = [w for w in caught if issubclass(w.category, PerformanceWarning)]
+        assert len(perf) == cpu_lacks_bf16
+        if perf:
+            assert "bfloat16 on this CPU" in str(perf[0].message) and "--dtype float32" in str(perf[0].message)

@@ -268,7 +268,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from editdecay.models.device import resolve_device, resolve_dtype
+    from editdecay.models.device import resolve_device, resolve_dtype, warn_if_emulated
 
     source = resolve_model(name_or_path, home)
     if isinstance(source, Path) and not (source / "config.json").exists():
@@ -297,6 +297,7 @@ def load_model(
         raise ModelError(f"cannot load model folder {source}: {exc}") from None
     set_pad_token(tokenizer)
     model.eval()
+    warn_if_emulated(dtype, device)
     if device.type != "cpu":
         model.to(device)
     return model, tokenizer
