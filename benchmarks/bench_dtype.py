@@ -7,8 +7,15 @@ Each dtype runs in a fresh subprocess (so one's peak does not hide the other's):
 compute the second moments and target values from scratch (no cache: a bf16 model has its own), edit with the
 default hyperparameters (MEMIT unless --method), score the edited model on the same CounterFact records.
 Peak memory is the process's peak resident set (ru_maxrss), reported whole and above the baseline measured
-after the imports and before the model loads; beside it, the tensors autograd saves for one target-value chunk's
-backward pass, by dtype (what scales with the dtype, without the process's fixed part or the allocator's slack). The issue's aims: |ES/PS/NS difference| <= 0.02 and
+after the imports and before the model loads.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_dtype.py --tensors --n 16 --threads 1
+    # -> benchmarks/results/bench_dtype_tensors.json
+
+``--tensors`` measures what torch itself holds, free of the process's fixed part (interpreter, libraries,
+tokenizer) and of the allocator's slack: the tensors autograd saves for one target-value chunk's backward pass, by
+dtype, and the tensor peak of a whole edit (profiler allocation events; the CPU analogue of a GPU's
+max_memory_allocated). The issue's aims: |ES/PS/NS difference| <= 0.02 and
 bf16 peak <= 0.6x float32's.
 """
 
@@ -76,6 +83,33 @@ def saved_activations_mb(model, tok, records, method: str) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(out.items())} | {"total": round(sum(out.values()), 1)}
 
 
+def tensor_peak_mb(model, tok, records, method: str, mom2_n_tokens: int, z_steps: int) -> dict[str, float]:
+    """The most memory torch's tensors held at once during a whole edit (statistics, target values, update), from
+    the profiler's allocation and free events, plus the weights held throughout: the CPU analogue of a GPU's
+    ``max_memory_allocated`` (no interpreter, libraries, tokenizer or allocator slack). ``z_steps`` target-value
+    steps suffice: every step builds and frees the same graph, and the first is the largest."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from editdecay import api
+    from editdecay.edit.stats import StatsCache
+
+    overrides = {"v_num_grad_steps": z_steps} | ({"mom2_n_tokens": mom2_n_tokens} if mom2_n_tokens else {})
+    with tempfile.TemporaryDirectory() as stats_dir, \
+            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        api.edit(model, tok, records, method=method, overrides=overrides, stats_cache=StatsCache(stats_dir),
+                 targets_cache=False, progress=False)
+    current = peak = 0
+    # allocations are an op's own memory, frees outside ops are "[memory]" events: in time order, their running sum
+    for event in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    return {"weights": round(weights, 1), "peak_above_weights": round(peak / 2**20, 1),
+            "peak": round(weights + peak / 2**20, 1), "unfreed_at_end": round(current / 2**20, 1)}
+
+
 def worker(args: argparse.Namespace) -> dict:
     import torch
 
@@ -90,8 +124,9 @@ def worker(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - t0
     after_load = _maxrss_mb()
     records = api.load_edit_records("counterfact", n=args.n)
-    if args.activations_only:
-        return {"dtype": args.dtype, "saved_activations_mb": saved_activations_mb(model, tok, records, args.method)}
+    if args.tensors:
+        return {"dtype": args.dtype, "saved_activations_mb": saved_activations_mb(model, tok, records, args.method),
+                "tensor_peak_mb": tensor_peak_mb(model, tok, records, args.method, args.mom2_n_tokens, args.z_steps)}
     overrides = {"mom2_n_tokens": args.mom2_n_tokens} if args.mom2_n_tokens else None
     with tempfile.TemporaryDirectory() as stats_dir:
         result = api.edit(model, tok, records, method=args.method, overrides=overrides,
@@ -130,14 +165,16 @@ def main() -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--seed", type=int, default=0, help="the edit's seed (its context templates); another seed "
                    "shows how much a metric moves between two float32 edits of the same records")
-    p.add_argument("--activations-only", action="store_true", help="only the saved activations of one target-value "
-                   "chunk per dtype (seconds; no edit): writes bench_dtype_activations.json unless --out")
+    p.add_argument("--tensors", action="store_true", help="instead of the full edit: the saved activations of one "
+                   "target-value chunk, and the tensor peak of an edit with --z-steps target-value steps, per dtype; "
+                   "writes bench_dtype_tensors.json unless --out")
+    p.add_argument("--z-steps", type=int, default=2, help="--tensors: target-value steps of the profiled edit")
     p.add_argument("--out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dtype", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args()
-    args.out = args.out or str(RESULTS.with_name("bench_dtype_activations.json") if args.activations_only else RESULTS)
+    args.out = args.out or str(RESULTS.with_name("bench_dtype_tensors.json") if args.tensors else RESULTS)
     if args.worker:
         Path(args.worker_out).write_text(json.dumps(worker(args)))
         return 0
@@ -150,31 +187,33 @@ def main() -> int:
             out = fh.name
         cmd = [sys.executable, __file__, "--worker", "--dtype", dtype, "--worker-out", out, "--model", args.model,
                "--method", args.method, "--n", str(args.n), "--mom2-n-tokens", str(args.mom2_n_tokens),
-               "--seed", str(args.seed)] + (["--activations-only"] if args.activations_only else [])
+               "--seed", str(args.seed), "--z-steps", str(args.z_steps)] + (["--tensors"] if args.tensors else [])
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         print(f"[bench_dtype] {dtype}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
         runs[dtype] = json.loads(Path(out).read_text())
         os.unlink(out)
-        shown = runs[dtype]["saved_activations_mb"] if args.activations_only else (
+        shown = {k: runs[dtype][k] for k in ("saved_activations_mb", "tensor_peak_mb")} if args.tensors else (
             f"{runs[dtype]['summary']} peak {runs[dtype]['peak_rss_mb']} MB")
         print(f"[bench_dtype] {dtype}: {shown}", file=sys.stderr)
     report: dict = {
         "command": "python benchmarks/bench_dtype.py " + " ".join(sys.argv[1:]),
         "model": args.model, "method": args.method, "n_records": args.n, "mom2_n_tokens": args.mom2_n_tokens,
-        "seed": args.seed,
+        "seed": args.seed, **({"z_steps": args.z_steps} if args.tensors else {}),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": loadavg_start,
                     "loadavg_end": os.getloadavg(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), **_cpu()},
         "seconds": round(time.time() - started, 1),
         "runs": runs,
     }
-    if {"float32", "bfloat16"} <= set(runs):
+    if {"float32", "bfloat16"} <= set(runs) and args.tensors:
         a, b = runs["float32"], runs["bfloat16"]
         report["saved_activations_ratio"] = round(b["saved_activations_mb"]["total"] / a["saved_activations_mb"]["total"],
                                                   3)
-    if {"float32", "bfloat16"} <= set(runs) and not args.activations_only:
+        report["tensor_peak_ratio"] = round(b["tensor_peak_mb"]["peak"] / a["tensor_peak_mb"]["peak"], 3)
+        report["aims"] = {"tensor_peak_at_most_0.6x": report["tensor_peak_ratio"] <= 0.6}
+    if {"float32", "bfloat16"} <= set(runs) and not args.tensors:
         diff = {k: round(b["summary"][k] - a["summary"][k], 4) for k in METRICS}
         report["bf16_minus_fp32"] = diff
         report["peak_ratio_bf16_over_fp32"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)
