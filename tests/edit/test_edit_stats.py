@@ -331,3 +331,44 @@ def test_hub_corpus_is_streamed_and_pinned_to_its_revision(make_tiny, tmp_path, 
     monkeypatch.setattr(stats_text, "hub_revision", lambda name, source: "rev2")
     newer = _quiet(second_moments, model, tok, adapter, [1], corpora=["hf:org/wiki:en@train"], n_samples=3, seq_len=16)
     assert newer.stats_id != hub.stats_id  # another revision of the data is other statistics
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 128])
+def test_packed_upper_triangle_round_trips_bit_for_bit(n):
+    from editdecay.edit.stats_cache import mirror_upper_, pack_symmetric, unpack_symmetric
+
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, dtype=torch.float64, generator=g)
+    c = mirror_upper_(a.clone())
+    assert torch.equal(c, c.T) and torch.equal(torch.triu(c), torch.triu(a))  # the upper triangle is kept as is
+    packed = pack_symmetric(c)
+    assert packed.shape == (n * (n + 1) // 2,)
+    assert torch.equal(unpack_symmetric(packed), c)
+    if n > 1:
+        with pytest.raises(ValueError, match="symmetric square matrix"):
+            pack_symmetric(a)  # its lower half would be lost
+    if n:  # between two triangular numbers: no square matrix has that many upper-triangle values
+        with pytest.raises(ValueError, match="not the upper triangle"):
+            unpack_symmetric(torch.zeros(n * (n + 1) // 2 + 1, dtype=torch.float64))
+
+
+def test_cache_stores_half_the_bytes_and_still_reads_the_full_form(make_tiny, tmp_path):
+    """Second moments are exactly symmetric and stored as their upper triangle (about half a d×d file); an entry
+    written in the earlier full form loads unchanged."""
+    from safetensors.torch import save_file
+
+    model, tok = make_tiny("llama", n_layers=4)
+    adapter = get_adapter(model)
+    cache = StatsCache(tmp_path)
+    first = second_moments(model, tok, adapter, [1, 2], n_tokens=N_TOKENS, seq_len=64, cache=cache)
+    c = first.cov[1]
+    assert torch.equal(c, c.T)
+    key = first.keys[1]
+    size = (tmp_path / f"{key}.safetensors").stat().st_size
+    full_bytes = c.numel() * c.element_size()
+    assert size < 0.55 * full_bytes
+    again = second_moments(model, tok, adapter, [1, 2], n_tokens=N_TOKENS, seq_len=64, cache=cache)
+    assert again.from_cache == [1, 2] and all(torch.equal(again.cov[k], first.cov[k]) for k in (1, 2))
+
+    save_file({"mom2": c.contiguous()}, str(tmp_path / f"{key}.safetensors"), metadata={"key": key})  # old form
+    assert torch.equal(cache.load(key), c)

@@ -38,7 +38,14 @@ from torch import nn
 
 from editdecay.data.tokens import pad_token_id, special_prefix
 from editdecay.edit.hooks import frozen, hidden_arg, model_device
-from editdecay.edit.stats_cache import StatsCache, budget_label, cache_key, legacy_short, model_layer_hashes
+from editdecay.edit.stats_cache import (
+    StatsCache,
+    budget_label,
+    cache_key,
+    legacy_short,
+    mirror_upper_,
+    model_layer_hashes,
+)
 from editdecay.edit.stats_text import DEFAULT_CORPORA, Corpus, WindowStream, window_batches
 from editdecay.errors import DataError
 from editdecay.models.arch import ArchAdapter
@@ -281,7 +288,7 @@ def second_moments(
         if stream.exhausted:
             counted = stream.counted_samples if unit == "samples" else used
         for layer in missing:
-            cov[layer] = sums.pop(layer).div_(used).to(acc).cpu()  # in place: no second d×d copy per layer
+            cov[layer] = mirror_upper_(sums.pop(layer).div_(used).to(acc).cpu())  # in place: no second d×d copy
             keys[layer] = keys_for(counted)[layer] if counted is not None else asked[layer]
             if cache is not None:
                 dim = cov[layer].shape[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,38 @@ def legacy_short(meta: Mapping[str, Any], unit: str, budget: int, prefix_len: in
 # the cache
 
 
+def pack_symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of a symmetric d×d matrix, row by row (d(d+1)/2 values): a second moment stored in
+    half the bytes, exactly. Refuses a matrix that is not exactly symmetric (its lower half would be lost)."""
+    n = matrix.shape[0]
+    if matrix.dim() != 2 or matrix.shape[1] != n or not torch.equal(matrix, matrix.T):
+        raise ValueError(f"pack_symmetric: a symmetric square matrix is needed, got shape {tuple(matrix.shape)}")
+    return torch.cat([matrix[i, i:] for i in range(n)]) if n else matrix.reshape(0)
+
+
+def mirror_upper_(matrix: torch.Tensor) -> torch.Tensor:
+    """Copy the upper triangle onto the lower, in place: a sum of outer products is symmetric in exact arithmetic,
+    and this makes it so bit for bit (a no-op where it already is), so the packed form loses nothing."""
+    for i in range(matrix.shape[0] - 1):
+        matrix[i + 1:, i] = matrix[i, i + 1:]
+    return matrix
+
+
+def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
+    """The d×d matrix back from :func:`pack_symmetric`, bit for bit."""
+    n = int(round((math.sqrt(8 * packed.numel() + 1) - 1) / 2))
+    if n * (n + 1) // 2 != packed.numel():
+        raise ValueError(f"unpack_symmetric: {packed.numel()} values are not the upper triangle of a square matrix")
+    out = torch.empty(n, n, dtype=packed.dtype)
+    start = 0
+    for i in range(n):
+        row = packed[start:start + n - i]
+        out[i, i:] = row
+        out[i:, i] = row
+        start += n - i
+    return out
+
+
 @dataclass
 class StatsCache:
     """Second moments on disk: ``<root>/<key>.safetensors`` + ``<key>.json``. Pass it explicitly."""
@@ -121,7 +154,10 @@ class StatsCache:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(tensor_path))["mom2"]
+            tensors = load_file(str(tensor_path))
+            if "mom2" in tensors:  # written before the packed form
+                return tensors["mom2"]
+            return unpack_symmetric(tensors["mom2_upper"])
         except Exception:  # noqa: BLE001 - a damaged file is a miss; it is rewritten
             return None
 
@@ -136,7 +172,8 @@ class StatsCache:
         from safetensors.torch import save
 
         tensor_path, meta_path = self._paths(key)
-        atomic_write_bytes(tensor_path, save({"mom2": mom2.contiguous()}, metadata={"key": key}))
+        packed = pack_symmetric(mom2)
+        atomic_write_bytes(tensor_path, save({"mom2_upper": packed}, metadata={"key": key, "dim": str(mom2.shape[0])}))
         atomic_write_json(meta_path, meta)  # written last: its presence marks a complete entry
 
     def save_shortfall(self, asked_key: str, counted: int) -> None:
@@ -156,4 +193,4 @@ class StatsCache:
         return [read_json(p) for p in sorted(self.root.glob("*.json"))]
 
 
-__all__ = ["StatsCache", "cache_key", "budget_label", "legacy_short", "model_layer_hashes", "tokenizer_hash"]
+__all__ = ["StatsCache", "mirror_upper_", "pack_symmetric", "unpack_symmetric", "cache_key", "budget_label", "legacy_short", "model_layer_hashes", "tokenizer_hash"]

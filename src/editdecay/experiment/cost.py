@@ -22,7 +22,7 @@ the model's parameter count. Memory and disk: the estimates are deliberately sim
 - edit: the d_k×d_k statistics of every edited layer in float64, the float64 solve (system matrix, its
   factor and the product: 3·d_k²), AlphaEdit's projection and accumulated K_pK_pᵀ per layer plus one
   eigendecomposition's workspace ((2·layers + 2)·d_k²), and the cached hidden states of every prompt;
-- disk: stats d_k² × mom2 bytes per layer; edit deltas d×d_k float32 per layer (+ weights with ``keep:``);
+- disk: stats d_k(d_k+1)/2 × mom2 bytes per layer (the upper triangle); edit deltas d×d_k float32 per layer (+ weights with ``keep:``);
   LoRA/DoRA the adapter (+ merged weights with ``keep:``); full fine-tunes nothing but logs unless kept;
   targets one d-vector per request; evaluations a JSON of per-record metrics.
 """
@@ -206,7 +206,7 @@ def estimate_stage(spec: Any, s: ModelShape, grid: Any = None) -> StageCost:
         acc = _bytes(cfg.get("mom2_dtype", "float64"))
         parts["forward"] = _forward(s, 8, int(cfg.get("mom2_seq_len", 256)), b)
         parts["second moments"] = n_layers * f * f * acc + f * f * b
-        disk["second moments"] = n_layers * f * f * acc
+        disk["second moments"] = n_layers * f * (f + 1) // 2 * acc  # stored as the upper triangle
     elif spec.kind in ("targets", "edit"):
         hp = cfg.get("z") or cfg.get("hparams") or {}
         n_edits = int(cfg.get("n_edits") or 0)
