@@ -127,3 +127,27 @@ def test_memit_rule_names_the_layer():
     rule = MemitRule({4: torch.full((6, 6), float("nan"), dtype=torch.float64)}, mom2_update_weight=10.0)
     with pytest.raises(NumericalError, match="layer 4"):
         rule.solve(4, _rand(6, 2), _rand(3, 2))
+
+
+def test_alphaedit_state_keeps_k_p_k_p_t_exactly_in_half_the_space(tmp_path):
+    """K_pK_pᵀ is stored as its upper triangle when it is symmetric bit for bit (after_edit makes it so: a matrix
+    product need not be), else in full; both load back exactly."""
+    from safetensors import safe_open
+
+    d = 64
+    k = _rand(d, 40, seed=21)
+    rule = AlphaEditRule(AlphaEditState(1e-2, {}, {}, n_edits=0, stats_id="s"), L2=1.0)
+    rule.after_edit({3: k})
+    kkt = rule.state.prev_cov[3]
+    assert torch.equal(kkt, kkt.T) and torch.equal(torch.triu(kkt), torch.triu(k @ k.T))
+    lopsided = kkt.clone()
+    lopsided[0, 1] += 1e-9  # not symmetric: kept whole
+    proj = NullSpaceProjection.from_cov(_cov(d), 1e-2)
+    for prev, stored in ((kkt, "prev_cov_upper.3"), (lopsided, "prev_cov.3")):
+        state = AlphaEditState(1e-2, {3: proj}, {3: prev}, n_edits=40, stats_id="s")
+        state.save(tmp_path / "state.safetensors")
+        with safe_open(str(tmp_path / "state.safetensors"), framework="pt") as fh:
+            assert stored in set(fh.keys())
+            numel = fh.get_tensor(stored).numel()
+        assert numel == (d * (d + 1) // 2 if stored.startswith("prev_cov_upper") else d * d)
+        assert torch.equal(AlphaEditState.load(tmp_path / "state.safetensors").prev_cov[3], prev)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from editdecay.edit.linalg import solve_checked
+from editdecay.edit.stats_cache import mirror_upper_, pack_symmetric, unpack_symmetric
 from editdecay.errors import ConfigError
 
 
@@ -122,8 +123,12 @@ class AlphaEditState:
                 tensors[f"basis.{layer}"] = p.basis.cpu().contiguous()
             else:
                 tensors[f"full.{layer}"] = p.full.cpu().contiguous()
-        for layer, c in self.prev_cov.items():
-            tensors[f"prev_cov.{layer}"] = c.cpu().contiguous()
+        for layer, c in self.prev_cov.items():  # K_pK_pᵀ: its upper triangle where it is symmetric bit for bit
+            c = c.cpu()
+            if torch.equal(c, c.T):
+                tensors[f"prev_cov_upper.{layer}"] = pack_symmetric(c)
+            else:
+                tensors[f"prev_cov.{layer}"] = c.contiguous()
         meta = {"threshold": repr(self.threshold), "n_edits": str(self.n_edits), "stats_id": self.stats_id}
         atomic_write_bytes(path, save(tensors, metadata=meta))
 
@@ -143,6 +148,8 @@ class AlphaEditState:
                 elif kind == "full":
                     rank = int(round(torch.trace(t).item()))
                     projections[layer] = NullSpaceProjection(t.shape[0], rank, full=t)
+                elif kind == "prev_cov_upper":
+                    prev[layer] = unpack_symmetric(t)
                 else:
                     prev[layer] = t
         return cls(float(meta.get("threshold", "0.02")), projections, prev, int(meta.get("n_edits", "0")),
@@ -164,7 +171,7 @@ class AlphaEditRule:
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:
         """Remember this batch's keys (computed on the edited model, as the reference code does)."""
         for layer, k in keys.items():
-            kkt = k @ k.T
+            kkt = mirror_upper_(k @ k.T)  # symmetric bit for bit (a matrix product need not be): stored packed
             self.state.prev_cov[layer] = self.state.prev_cov[layer] + kkt if layer in self.state.prev_cov else kkt
         self.state.n_edits += next(iter(keys.values())).shape[1] if keys else 0
 
