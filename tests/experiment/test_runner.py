@@ -433,3 +433,15 @@ def test_the_committed_study_store_gains_the_cpu_time_column_and_keeps_its_rows(
         rows = db.query("SELECT stage_id, status, seconds, cpu_seconds FROM stages ORDER BY stage_id")
         assert [tuple(r)[:3] for r in rows] == before and all(r["cpu_seconds"] is None for r in rows)
         assert db.query("SELECT value FROM meta WHERE key='schema_version'")[0][0] == "3"
+
+
+def test_status_estimates_what_is_left_from_each_kinds_median_cpu_seconds(reference, capsys):
+    from editdecay.commands.status import remaining_cpu_seconds
+
+    summary = {"stages": {"finetune": {"done": 3, "pending": 2, "running": 1}, "evaluate": {"pending": 4},
+                          "edit": {"done": 2}},
+               "seconds_by_kind": {"finetune": {"median_cpu": 100.0}, "edit": {"median_cpu": 7.0}}}
+    assert remaining_cpu_seconds(summary) == (300.0, ["4 evaluate"])  # no evaluation has finished: not guessed
+    assert remaining_cpu_seconds({"stages": {"edit": {"done": 2}}, "seconds_by_kind": {}}) is None
+    assert main(["status", "--store", str(reference["store"])]) == 0
+    assert "still to run" not in capsys.readouterr().out  # the reference grid is complete

@@ -17,6 +17,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def remaining_cpu_seconds(summary: dict) -> tuple[float, list[str]] | None:
+    """(CPU seconds the stages not yet done will take by their kind's median so far, kinds with no median) or
+    None when nothing is left."""
+    total, unknown = 0.0, []
+    for kind, counts in sorted(summary["stages"].items()):
+        left = counts.get("pending", 0) + counts.get("running", 0)
+        if not left:
+            continue
+        median = summary["seconds_by_kind"].get(kind, {}).get("median_cpu")
+        if median is None:
+            unknown.append(f"{left} {kind}")
+        else:
+            total += left * median
+    return (total, unknown) if total or unknown else None
+
+
 def run(args: argparse.Namespace) -> int:
     from editdecay.api import Store
     from editdecay.errors import EditDecayError
@@ -39,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{counts.get('failed', 0):>7} {t['wall']:>10.0f} {cpu:>10}")
         print(f"compute time of done stages: {s['seconds_done']:.1f} s wall (wall and CPU s: sums over done stages;"
               " CPU s is user + system time of the process that ran each stage)")
+        left = remaining_cpu_seconds(s)
+        if left is not None:
+            cpu_s, unknown = left
+            print(f"still to run: ~{cpu_s / 3600:.1f} CPU hours (each kind's pending and running stages at the median CPU "
+                  "seconds of its done ones; divide by the workers for wall time on free cores)"
+                  + (f"; not counted, no CPU seconds yet: {', '.join(unknown)}" if unknown else ""))
         for f in s["failed"]:
             first = (f["error"] or "").splitlines()[0]
             print(f"FAILED {f['stage_id']} (attempts {f['attempts']}): {first}")

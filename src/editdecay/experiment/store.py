@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import sqlite3
+import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -387,9 +388,15 @@ class Store:
         failed = [dict(r) for r in self.query(
             "SELECT stage_id, kind, attempts, error FROM stages WHERE status='failed' ORDER BY stage_id")]
         seconds = self.query("SELECT COALESCE(SUM(seconds), 0) AS s FROM stages WHERE status='done'")[0]["s"]
-        by_kind = {r["kind"]: {"wall": r["wall"], "cpu": r["cpu"], "with_cpu": r["with_cpu"]} for r in self.query(
-            "SELECT kind, COALESCE(SUM(seconds), 0) AS wall, COALESCE(SUM(cpu_seconds), 0) AS cpu,"
-            " COUNT(cpu_seconds) AS with_cpu FROM stages WHERE status='done' GROUP BY kind")}
+        by_kind: dict[str, dict[str, Any]] = {}
+        for r in self.query("SELECT kind, seconds, cpu_seconds FROM stages WHERE status='done'"):
+            k = by_kind.setdefault(r["kind"], {"wall": 0.0, "cpu": 0.0, "cpus": []})
+            k["wall"] += r["seconds"] or 0.0
+            if r["cpu_seconds"] is not None:
+                k["cpus"].append(float(r["cpu_seconds"]))
+        for k in by_kind.values():  # CPU seconds only for stages finished since they were recorded
+            cpus = k.pop("cpus")
+            k.update(cpu=sum(cpus), with_cpu=len(cpus), median_cpu=statistics.median(cpus) if cpus else None)
         grids = [r["grid"] for r in self.query("SELECT DISTINCT grid FROM runs ORDER BY grid")]
         return {"runs": runs, "stages": stages, "failed": failed, "seconds_done": seconds, "seconds_by_kind": by_kind,
                 "grids": grids}
