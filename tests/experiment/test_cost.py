@@ -73,7 +73,7 @@ def test_edit_and_stats_hold_the_dk_squared_matrices():
     assert memit.disk == 2 * 8 * 16 * 4 + 10 * 2048  # deltas + manifest, no model copy
     alpha = estimate_stage(spec("edit", {"method": "alphaedit", "n_edits": 10, "hparams": hp, "keep_model": True}), S)
     assert alpha.parts["AlphaEdit projection"] == 6 * 16 * 16 * 8
-    assert alpha.disk == memit.disk + 2 * 2 * 16 * 16 * 4 + 5000 * 4
+    assert alpha.disk == memit.disk + 2 * (16 * 16 + 16 * 17 // 2) * 8 + 5000 * 4  # basis bound + K_pK_pᵀ triangle
     stats = estimate_stage(spec("stats", {"layers": [1, 2], "mom2_dtype": "float64", "mom2_seq_len": 8}), S)
     assert stats.parts["second moments"] == 2 * 16 * 16 * 8 + 16 * 16 * 4
     assert stats.disk == 2 * (16 * 17 // 2) * 8  # the upper triangle of each 16x16 float64 C

@@ -56,8 +56,10 @@ class Method:
 
 
 def _alphaedit_cost(n_layers: int, f: int) -> tuple[dict[str, int], dict[str, int]]:
-    """The null-space projections P and the preserved keys' K_pK_pᵀ (float64, eigh workspace), kept per layer."""
-    return ({"AlphaEdit projection": (2 * n_layers + 2) * f * f * 8}, {"AlphaEdit state": 2 * n_layers * f * f * 4})
+    """The null-space projections P and the preserved keys' K_pK_pᵀ (float64, eigh workspace), kept per layer.
+    On disk per layer: the null-space basis (f × rank float64, at most f²) and K_pK_pᵀ's upper triangle."""
+    return ({"AlphaEdit projection": (2 * n_layers + 2) * f * f * 8},
+            {"AlphaEdit state": n_layers * (f * f + f * (f + 1) // 2) * 8})
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
