@@ -21,67 +21,17 @@ from pathlib import Path
 from typing import Any
 
 from editdecay.errors import EditDecayError
-
-SCHEMA_VERSION = 3  # 2: the analysis tables (layer_change, target_frequency, activation_shift, analyses);
-# 3: stages.cpu_seconds
-ADDED_COLUMNS = {"stages": (("cpu_seconds", "REAL"),)}  # columns a store older than SCHEMA_VERSION gains
-STAGE_KINDS = ("stats", "targets", "base", "edit", "finetune", "evaluate")
-STAGE_STATUSES = ("pending", "running", "done", "failed")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY, grid TEXT, model TEXT, method TEXT, edit_data TEXT, n_edits INT, ft_type TEXT,
-    layers TEXT, modules TEXT, ft_data TEXT, seed INT, config_json TEXT, status TEXT, created_at REAL,
-    finished_at REAL
-);
-CREATE TABLE IF NOT EXISTS stages (
-    stage_id TEXT PRIMARY KEY, kind TEXT, status TEXT, config_json TEXT, artifact TEXT, error TEXT,
-    attempts INT DEFAULT 0, started_at REAL, finished_at REAL, seconds REAL, versions_json TEXT,
-    deps_json TEXT, adopted INT DEFAULT 0, cpu_seconds REAL
-);
-CREATE TABLE IF NOT EXISTS run_groups (
-    run_id TEXT, grp TEXT, eval_stage_id TEXT, PRIMARY KEY (run_id, grp)
-);
-CREATE TABLE IF NOT EXISTS run_stages (
-    run_id TEXT, stage_id TEXT, role TEXT, PRIMARY KEY (run_id, stage_id, role)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    eval_stage_id TEXT, metric TEXT, value REAL, PRIMARY KEY (eval_stage_id, metric)
-);
-CREATE TABLE IF NOT EXISTS record_metrics (
-    eval_stage_id TEXT, case_id TEXT, metric TEXT, value REAL, PRIMARY KEY (eval_stage_id, case_id, metric)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS downstream (
-    eval_stage_id TEXT, task TEXT, accuracy REAL, n INT, PRIMARY KEY (eval_stage_id, task)
-);
-CREATE TABLE IF NOT EXISTS trajectories (
-    ft_stage_id TEXT, step INT, metric TEXT, value REAL, PRIMARY KEY (ft_stage_id, step, metric)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    case_id TEXT, edit_data TEXT, subject TEXT, target_new TEXT, target_true TEXT, prompt TEXT,
-    PRIMARY KEY (case_id, edit_data)
-);
-CREATE TABLE IF NOT EXISTS layer_change (
-    stage_id TEXT, layer INT, rel_change REAL, edited INT, against TEXT, PRIMARY KEY (stage_id, layer)
-);
-CREATE TABLE IF NOT EXISTS target_frequency (
-    ft_data TEXT, target TEXT, count INT, PRIMARY KEY (ft_data, target)
-);
-CREATE TABLE IF NOT EXISTS activation_shift (
-    ft_stage_id TEXT, layer INT, case_id TEXT, edit_shift REAL, ft_shift REAL, cos REAL, angle_deg REAL,
-    base_norm REAL, PRIMARY KEY (ft_stage_id, layer, case_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS analyses (
-    analysis TEXT, subject TEXT, status TEXT, note TEXT, created_at REAL, PRIMARY KEY (analysis, subject)
-);
-CREATE INDEX IF NOT EXISTS idx_stages_status ON stages(status);
-CREATE INDEX IF NOT EXISTS idx_run_stages_stage ON run_stages(stage_id);
-"""
-
-ANALYSIS_TABLES = ("layer_change", "target_frequency", "activation_shift", "analyses")  # schema 2; may be absent
-EXPORT_TABLES = ("runs", "stages", "run_groups", "run_stages", "metrics", "record_metrics", "downstream",
-                 "trajectories", "records", *ANALYSIS_TABLES)
+from editdecay.experiment.store_schema import (  # noqa: F401  (re-exported: the store's public constants)
+    ANALYSIS_TABLES,
+    CLUSTERED_TABLES,
+    EXPORT_TABLES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STAGE_KINDS,
+    STAGE_STATUSES,
+    add_missing_columns,
+    compact,
+)
 
 
 class StoreError(EditDecayError):
@@ -95,28 +45,6 @@ def _num(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
     return None
-
-
-CLUSTERED_TABLES = ("record_metrics", "trajectories", "activation_shift")  # one row per record or step: WITHOUT ROWID
-
-
-def _compact(conn: sqlite3.Connection) -> None:
-    """A snapshot's copy in the current layout: the per-record tables of a store created before they were
-    WITHOUT ROWID are rebuilt so (their primary key is the table, not a second copy of every key beside it),
-    then the file is vacuumed. About half the bytes of a study store; the rows are the same."""
-    schema = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type='table'").fetchall())
-    for table in CLUSTERED_TABLES:
-        sql = schema.get(table)
-        if sql is None or "WITHOUT ROWID" in sql.upper():
-            continue
-        create = next(s for s in SCHEMA.split(";") if f"EXISTS {table} (" in s).strip()
-        conn.execute("BEGIN")
-        conn.execute(f"ALTER TABLE {table} RENAME TO {table}_old")
-        conn.execute(create)
-        conn.execute(f"INSERT INTO {table} SELECT * FROM {table}_old")
-        conn.execute(f"DROP TABLE {table}_old")
-        conn.execute("COMMIT")
-    conn.execute("VACUUM")
 
 
 class Store:
@@ -134,11 +62,7 @@ class Store:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.conn.execute(statement)
-                for table, columns in ADDED_COLUMNS.items():
-                    have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
-                    for name, sql_type in columns:
-                        if name not in have:
-                            self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+                add_missing_columns(self.conn)
                 self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 # an older store gains the new tables and columns above: it is now this version
                 self.conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version' AND CAST(value AS INT) < ?",
@@ -483,7 +407,7 @@ class Store:
         try:
             self.conn.backup(dst)
             dst.execute("PRAGMA journal_mode = DELETE")
-            _compact(dst)
+            compact(dst)
         finally:
             dst.close()
         for stale in (out.with_name(out.name + "-wal"), out.with_name(out.name + "-shm")):
