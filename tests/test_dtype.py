@@ -16,6 +16,7 @@ import torch
 from helpers.edits import FACTS, RECORDS, sharpen
 from safetensors.torch import load_file
 
+from editdecay.artifacts import read_deltas
 from editdecay.data.records import EditRecord
 from editdecay.edit.api import edit
 from editdecay.edit.hparams import hparams_from_dict
@@ -318,7 +319,10 @@ def test_edit_command_with_dtype(tiny_folder, tmp_path, monkeypatch):
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dtype"] == "bfloat16"
-    assert all(t.dtype == torch.float32 for t in load_file(str(out / "deltas.safetensors")).values())
+    # the deltas keep full precision in a bf16 edit: dense float32, or float64 factors (editdecay.deltas)
+    stored = load_file(str(out / "deltas.safetensors"))
+    assert stored and all(t.dtype == (torch.float64 if "@" in k else torch.float32) for k, t in stored.items())
+    assert all(t.dtype == torch.float32 for t in read_deltas(out).values())
     with pytest.raises(SystemExit):  # argparse names the flag and the choices
         main(["edit", "--model", str(tiny_folder), "--dtype", "float8", "--out", str(tmp_path / "x")])
 

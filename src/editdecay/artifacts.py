@@ -1,7 +1,8 @@
 """The artifact folders the stages write, and how a small one becomes a model again.
 
 An edit folder is *full* (a Hugging Face model folder plus ``deltas.safetensors`` and ``manifest.json``) or
-*deltas-only* (``deltas.safetensors`` + ``manifest.json``, a few MB: the base is named in the manifest). A
+*deltas-only* (``deltas.safetensors`` + ``manifest.json``, a few MB: the base is named in the manifest). The
+deltas file holds each ΔW dense or as its exact low-rank factors (:mod:`editdecay.deltas`). A
 fine-tune folder is *merged* (a model folder plus ``manifest.json`` and, for LoRA/DoRA, ``adapter/``) or
 *adapter-only* (``adapter/`` + ``manifest.json``; the model it was trained from is named in the manifest, and
 may itself be a deltas-only edit folder). Every command that takes ``--model`` accepts all four: a small folder
@@ -120,26 +121,21 @@ def edited_selection(word: str, edited: list[int], n_layers: int) -> list[int]:
 # edit folders: the writers
 
 
-def write_deltas(path: str | os.PathLike, deltas: dict[str, Any]) -> None:
-    """A deltas file (an edit folder's ``deltas.safetensors``, a re-edit's :data:`REEDIT_DELTAS`): one tensor per
-    rewritten weight, keyed by its full parameter name, float32, contiguous, on the CPU; written atomically."""
-    from safetensors.torch import save
+def write_deltas(path: str | os.PathLike, deltas: dict[str, Any], factors: dict[str, Any] | None = None) -> None:
+    """A deltas file (an edit folder's ``deltas.safetensors``, a re-edit's :data:`REEDIT_DELTAS`), written
+    atomically: one entry per rewritten weight, keyed by its full parameter name, the dense float32 ΔW or, where
+    smaller, the exact factors of each batch's update (``factors``; :mod:`editdecay.deltas`)."""
+    from editdecay.deltas import save_deltas
 
-    from editdecay.util.io import atomic_write_bytes
-
-    atomic_write_bytes(path, save({k: v.detach().float().contiguous().cpu() for k, v in deltas.items()}))
+    save_deltas(path, deltas, factors)
 
 
 def read_deltas(path: str | os.PathLike) -> dict[str, Any]:
-    """The deltas of an edit folder (or of a deltas file)."""
-    from safetensors.torch import load_file
+    """The deltas of an edit folder (or of a deltas file): {parameter name: dense float32 ΔW}."""
+    from editdecay.deltas import load_deltas_file
 
     path = Path(path)
-    if path.is_dir():
-        path = path / DELTAS
-    if not path.exists():
-        raise ModelError(f"{path} not found: not an edit folder")
-    return load_file(str(path))
+    return load_deltas_file(path / DELTAS if path.is_dir() else path)
 
 
 def write_edit_manifest(
@@ -425,9 +421,7 @@ def materialize(folder: str | os.PathLike, load_base: Callable[[str], tuple[Any,
     base = base_of(folder)
     model, tok = load_base(base)
     if form == "edit-deltas":
-        from safetensors.torch import load_file
-
-        apply_deltas(model, load_file(str(folder / DELTAS)), source=str(folder / DELTAS))
+        apply_deltas(model, read_deltas(folder / DELTAS), source=str(folder / DELTAS))
         return model, tok
     from peft import PeftModel
 
@@ -436,9 +430,7 @@ def materialize(folder: str | os.PathLike, load_base: Callable[[str], tuple[Any,
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder / ADAPTER}: cannot apply the adapter to {base}: {exc}") from None
     if (folder / REEDIT_DELTAS).exists():  # preserve_strategy=reedit: the re-edit written after the merge
-        from safetensors.torch import load_file
-
-        apply_deltas(merged, load_file(str(folder / REEDIT_DELTAS)), source=str(folder / REEDIT_DELTAS))
+        apply_deltas(merged, read_deltas(folder / REEDIT_DELTAS), source=str(folder / REEDIT_DELTAS))
     merged.eval()
     return merged, tok
 

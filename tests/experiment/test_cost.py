@@ -71,6 +71,8 @@ def test_edit_and_stats_hold_the_dk_squared_matrices():
     assert memit.parts["solve (float64)"] == 3 * 16 * 16 * 8
     assert memit.parts["disk: deltas"] == 2 * 8 * 16 * 4
     assert memit.disk == 2 * 8 * 16 * 4 + 10 * 2048  # deltas + manifest, no model copy
+    one = estimate_stage(spec("edit", {"method": "memit", "n_edits": 1, "hparams": hp}), S)
+    assert one.parts["disk: deltas"] == 2 * 1 * (8 + 16) * 8  # rank 1: the float64 factors, smaller than dense
     alpha = estimate_stage(spec("edit", {"method": "alphaedit", "n_edits": 10, "hparams": hp, "keep_model": True}), S)
     assert alpha.parts["AlphaEdit projection"] == 6 * 16 * 16 * 8
     assert alpha.disk == memit.disk + 2 * (16 * 16 + 16 * 17 // 2) * 8 + 5000 * 4  # basis bound + K_pK_pᵀ triangle

@@ -21,7 +21,15 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from editdecay.artifacts import DELTAS, MANIFEST, MODEL_CONFIG, edited_layers, folder_form, read_edit_manifest
+from editdecay.artifacts import (
+    DELTAS,
+    MANIFEST,
+    MODEL_CONFIG,
+    edited_layers,
+    folder_form,
+    read_deltas,
+    read_edit_manifest,
+)
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -82,18 +90,16 @@ def _manifest_layers(edit_folder: str | os.PathLike) -> list[int]:
 
 def edit_change(edit_folder: str | os.PathLike) -> tuple[dict[int, float], list[int]]:
     """({layer: ‖ΔW‖/‖W_base‖}, edited layers from the manifest, else the layers with a delta)."""
-    from safetensors import safe_open
-
     edit_folder = Path(edit_folder)
     change: dict[int, float] = {}
     deltas = edit_folder / DELTAS
     if deltas.exists():
-        with _weights(edit_folder) as (weights, prefix), safe_open(str(deltas), framework="pt") as fh:
-            for key in fh.keys():  # noqa: SIM118
+        with _weights(edit_folder) as (weights, prefix):
+            for key, delta in read_deltas(deltas).items():
                 layer = _layer_index(key, prefix)
                 if layer is None or key not in weights:
                     continue
-                delta = fh.get_tensor(key).float()
+                delta = delta.float()
                 base_norm = float((weights[key]() - delta).norm())
                 change[layer] = float(delta.norm()) / base_norm if base_norm else math.nan
     return change, _manifest_layers(edit_folder) or sorted(change)

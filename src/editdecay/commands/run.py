@@ -12,7 +12,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", help="artifact folder (default: the grid's workdir, else beside the store)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local (in-process or --workers processes) or ray (the cluster at RAY_ADDRESS)")
-    p.add_argument("--workers", type=int, default=1, help="local backend: worker processes (default 1: in-process)")
+    p.add_argument("--workers", default="auto",
+                   help="local backend: worker processes; 1 runs stages in this process; default auto: one per "
+                   "usable core. Stages run side by side only while their resources.num_cpus fit in --cpus and "
+                   "their estimated peak memory (editdecay plan) in this machine's RAM")
+    p.add_argument("--cpus", type=int, help="local backend: cores the stages may use at once (default: every "
+                   "usable core)")
     p.add_argument("--retry-failed", action="store_true", help="run failed stages again")
     p.add_argument("--skip", default="", metavar="KINDS",
                    help="stage kinds to leave for a later run, with everything that needs them (comma-separated; "
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     configure_threads(args.threads)
 
     result = run_grid(args.grid, args.store, workdir=args.workdir, backend=args.backend, workers=args.workers,
-                      retry_failed=args.retry_failed, progress=not args.no_progress,
+                      cpus=args.cpus, retry_failed=args.retry_failed, progress=not args.no_progress,
                       skip=[k.strip() for k in args.skip.split(",") if k.strip()], order=args.order)
     runs = ", ".join(f"{n} {status}" for status, n in sorted(result.runs.items())) or "none"
     print(f"runs: {runs}")

@@ -7,7 +7,8 @@ same vectors faster). The update is
     ΔW = R Kᵀ P (K Kᵀ P + K_p K_pᵀ P + α I)⁻¹
 
 with K_p the keys of earlier edits (accumulated over sequential batches in :class:`AlphaEditState`) and
-α = ``L2``. Solved in float64 as (P (KKᵀ + K_pK_pᵀ) + αI) X = P K Rᵀ, ΔW = Xᵀ (the reference's form).
+α = ``L2``. Solved in float64 as (P (KKᵀ + K_pK_pᵀ) + αI) Y = P K, ΔW = R Yᵀ (the reference solves for
+X = Y Rᵀ and takes ΔW = Xᵀ: the same matrix).
 P is stored as its basis U₀ (P = U₀U₀ᵀ) when the kept rank is at most half the dimension. The
 eigendecomposition and the solves run on the device they are given (the model's: see :func:`AlphaEditState.from_stats`).
 """
@@ -64,9 +65,13 @@ class NullSpaceProjection:
         return u0 @ (u0.T @ x)
 
 
-def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
-                    prev_cov: torch.Tensor | None, alpha: float, *, what: str = "AlphaEdit update") -> torch.Tensor:
-    """ΔW [d_out, d_in] = R Kᵀ P (KKᵀP + K_pK_pᵀP + αI)⁻¹ in float64."""
+def alphaedit_factors(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
+                      prev_cov: torch.Tensor | None, alpha: float, *, what: str = "AlphaEdit update"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R [d_out, n], Yᵀ [n, d_in]) with ΔW = R Yᵀ, from (P(KKᵀ + K_pK_pᵀ) + αI) Y = P K (float64).
+
+    The reference solves for X = Y Rᵀ (d_out right-hand sides); solving for Y (n of them) is the same ΔW = Xᵀ,
+    cheaper, and keeps the update's rank-n factors (:mod:`editdecay.deltas` stores them)."""
     keys, resid = keys.double(), resid.double()
     if isinstance(proj, torch.Tensor):
         apply = lambda x: proj.double().to(x.device) @ x  # noqa: E731
@@ -77,9 +82,15 @@ def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProj
         m = m + prev_cov.double().to(m.device)
     eye = torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
     a = apply(m) + alpha * eye
-    b = apply(keys @ resid.T)  # P K Rᵀ  [d_in, d_out]
-    x = solve_checked(a, b, what=what)
-    return x.T
+    y = solve_checked(a, apply(keys), what=what)  # [d_in, n]
+    return resid, y.T
+
+
+def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
+                    prev_cov: torch.Tensor | None, alpha: float, *, what: str = "AlphaEdit update") -> torch.Tensor:
+    """ΔW [d_out, d_in] = R Kᵀ P (KKᵀP + K_pK_pᵀP + αI)⁻¹ in float64: the product of :func:`alphaedit_factors`."""
+    left, right = alphaedit_factors(keys, resid, proj, prev_cov, alpha, what=what)
+    return left @ right
 
 
 @dataclass
@@ -164,9 +175,13 @@ class AlphaEditRule:
     L2: float
     wants_final_keys: bool = True
 
+    def factors(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return alphaedit_factors(keys, resid, self.state.projections[layer], self.state.prev_cov.get(layer),
+                                 self.L2, what=f"layer {layer}")
+
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        return alphaedit_delta(keys, resid, self.state.projections[layer], self.state.prev_cov.get(layer),
-                               self.L2, what=f"layer {layer}")
+        left, right = self.factors(layer, keys, resid)
+        return left @ right
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:
         """Remember this batch's keys (computed on the edited model, as the reference code does)."""

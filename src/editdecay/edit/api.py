@@ -57,6 +57,9 @@ class EditResult:
     state: Any = None  # the method's state after the edit (AlphaEdit's), None for a stateless method
     n_batches: int = 1
     statistics: dict[str, Any] = field(default_factory=dict)  # what the second moments were counted from
+    # per weight, each batch's exact rank-n factors of ΔW (None where a batch wrote it densely): what the deltas
+    # file stores instead of the dense ΔW when smaller (editdecay.deltas)
+    factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]] | None] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Small JSON-able facts for manifests and logs."""
@@ -145,6 +148,7 @@ def edit(
 
     size = batch_size or len(requests)
     deltas: dict[str, torch.Tensor] = {}
+    factors: dict[str, Any] = {}
     losses: list[float] = []
     probs: list[float] = []
     steps: list[int] = []
@@ -164,11 +168,14 @@ def edit(
             stats, rule, state = _statistics_and_rule(model, tok, adapter, hp, stats_cache, state, timings, log,
                                                       progress)
         t = time.perf_counter()
+        batch_factors: dict[str, Any] = {}
         batch_deltas = apply_update(model, tok, adapter, batch, templates, hp, targets, rule,
-                                    progress=progress, log=log)
+                                    progress=progress, log=log, factors=batch_factors)
         timings["update"] += time.perf_counter() - t
         for name, d in batch_deltas.items():
             deltas[name] = deltas[name] + d if name in deltas else d
+            pair, kept = batch_factors.get(name), factors.get(name, [])
+            factors[name] = kept + [pair] if pair is not None and kept is not None else None
         losses += targets.loss
         probs += targets.prob
         steps += targets.steps
@@ -178,7 +185,7 @@ def edit(
         deltas=deltas, layers=list(hp.layers), hparams=hp, stats_id=stats.stats_id, timings=timings,
         method=method, case_ids=[r.case_id for r in requests], templates=templates, target_loss=losses,
         target_prob=probs, target_steps=steps, state=state, n_batches=n_batches,
-        statistics=stats.manifest_fields(),
+        statistics=stats.manifest_fields(), factors=factors,
     )
 
 
@@ -272,7 +279,7 @@ def edit_to_folder(
         if not deltas_only:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-        write_deltas(tmp / DELTAS, result.deltas)
+        write_deltas(tmp / DELTAS, result.deltas, factors=result.factors)
         if result.state is not None:
             result.state.save(tmp / ALPHAEDIT_STATE)
         result.timings["save"] = time.perf_counter() - t

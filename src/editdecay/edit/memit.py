@@ -20,13 +20,20 @@ from editdecay.errors import ConfigError
 STATE = None  # MEMIT keeps no state between sequential batches
 
 
-def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
-                max_condition: float | None = None, what: str = "MEMIT update") -> torch.Tensor:
-    """ΔW [d_out, d_in] = R Kᵀ (λC + KKᵀ)⁻¹, as the solve (λC + KKᵀ) X = K, ΔW = R Xᵀ (float64)."""
+def memit_factors(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
+                  max_condition: float | None = None, what: str = "MEMIT update") -> tuple[torch.Tensor, torch.Tensor]:
+    """(R [d_out, n], Xᵀ [n, d_in]) with ΔW = R Xᵀ, from the solve (λC + KKᵀ) X = K (float64)."""
     keys, resid, cov = keys.double(), resid.double(), cov.double().to(keys.device)
     a = lam * cov + keys @ keys.T
     adj = solve_checked(a, keys, what=what, max_condition=max_condition, symmetric=True)  # [d_in, n]
-    return resid @ adj.T
+    return resid, adj.T
+
+
+def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
+                max_condition: float | None = None, what: str = "MEMIT update") -> torch.Tensor:
+    """ΔW [d_out, d_in] = R Kᵀ (λC + KKᵀ)⁻¹ (float64): the product of :func:`memit_factors`."""
+    left, right = memit_factors(keys, resid, cov, lam, max_condition=max_condition, what=what)
+    return left @ right
 
 
 @dataclass
@@ -39,12 +46,16 @@ class MemitRule:
     wants_final_keys: bool = False
     _on_device: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)  # C moved once per layer
 
-    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def factors(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cov = self._on_device.get(layer)
         if cov is None or cov.device != keys.device:
             cov = self._on_device[layer] = self.cov[layer].to(device=keys.device, dtype=torch.float64)
-        return memit_delta(keys, resid, cov, self.mom2_update_weight,
-                           max_condition=self.max_condition, what=f"layer {layer}")
+        return memit_factors(keys, resid, cov, self.mom2_update_weight,
+                             max_condition=self.max_condition, what=f"layer {layer}")
+
+    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        left, right = self.factors(layer, keys, resid)
+        return left @ right
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:  # MEMIT keeps no state between batches
         return None

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from editdecay.data.tokens import pad_token_id
+from editdecay.deltas import factor_bytes, lowrank_product
 from editdecay.edit.hooks import frozen
 from editdecay.edit.keys import subject_pass
 from editdecay.edit.linalg import through_output_norm
@@ -27,7 +28,10 @@ from editdecay.models.arch import ArchAdapter
 
 
 class UpdateRule(Protocol):
-    """A method's update: ΔW [d_out, d_in] (float64) for one layer from keys [d_in, n] and residuals [d_out, n]."""
+    """A method's update for one layer from keys [d_in, n] and residuals [d_out, n]: ΔW [d_out, d_in] (float64)
+    as its factors (L [d_out, n], R [n, d_in]), ΔW = L R; ``solve`` is their product."""
+
+    def factors(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor: ...
 
@@ -48,6 +52,7 @@ def apply_update(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Spread the targets over ``hparams.layers`` and write the updates into the model, in place.
 
@@ -55,6 +60,10 @@ def apply_update(
     dtype. Returns the weight deltas {parameter name: ΔW in the stored orientation, float32, CPU}. Every layer's
     update is checked before it is written; on a :class:`NumericalError` the layers already written in
     this call are rolled back, so the model is never left half-edited with bad values.
+
+    Where the update's rank-n factors take fewer bytes than ΔW, ΔW is their :func:`~editdecay.deltas.lowrank_product`
+    (what the deltas file rebuilds, bit for bit) and, given a ``factors`` dict, they are put in it (stored
+    orientation, float64) under the parameter's name; a weight updated densely gets ``None`` there.
     """
     layers = list(hparams.layers)
     z_layer = targets.layer
@@ -95,24 +104,34 @@ def apply_update(
                         f"writing {len(requests)} key/value pairs")
                 what = f"layer {layer} ({len(requests)} requests: {request_names(requests)})"
                 try:
-                    upd = rule.solve(layer, keys.T.double(), resid.T.double())  # [d_out, d_in]
+                    left, right = rule.factors(layer, keys.T.double(), resid.T.double())  # ΔW = left @ right
                 except NumericalError as exc:
                     if what in str(exc):
                         raise
                     raise NumericalError(f"{what}: {exc}") from None
-                if not torch.isfinite(upd).all():
+                if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
                     raise NumericalError(f"{what}: the update holds NaN/inf")
                 weight = adapter.rewrite_weight(model, layer)
+                name = adapter.rewrite_name(layer) + ".weight"
                 # the delta is kept in float32 as solved; a half-precision weight gets W + ΔW summed in
                 # float32 and rounded once (rounding ΔW first would lose its small entries)
-                stored = adapter.to_stored(upd).to(torch.float32).contiguous()
+                if factor_bytes([(left, right)]) < 4 * weight.numel():
+                    pair = (right.T, left.T) if adapter.rewrite_transposed else (left, right)
+                    pair = tuple(t.detach().to(device="cpu", dtype=torch.float64).contiguous() for t in pair)
+                    stored = lowrank_product(*pair)
+                else:
+                    pair = None
+                    stored = adapter.to_stored(left @ right).to(torch.float32).contiguous()
+                if factors is not None:
+                    factors[name] = pair
+                if not torch.isfinite(stored).all():
+                    raise NumericalError(f"{what}: the update holds NaN/inf")
                 if stored.shape != weight.shape:
                     raise ModelError(f"{what}: update shape {tuple(stored.shape)} != weight {tuple(weight.shape)}")
                 with torch.no_grad():
                     before = weight.detach().clone()
                     weight.copy_((weight.float() + stored.to(weight.device)).to(weight.dtype))
                     written.append((weight, before))
-                name = adapter.rewrite_name(layer) + ".weight"
                 deltas[name] = deltas.get(name, 0) + stored.cpu()
             if rule.wants_final_keys:
                 res = subject_pass(model, adapter, prompts, key_layers=layers, start=layers[0],

@@ -22,7 +22,7 @@ the model's parameter count. Memory and disk: the estimates are deliberately sim
 - edit: the d_k×d_k statistics of every edited layer in float64, the float64 solve (system matrix, its
   factor and the product: 3·d_k²), AlphaEdit's projection and accumulated K_pK_pᵀ per layer plus one
   eigendecomposition's workspace ((2·layers + 2)·d_k²), and the cached hidden states of every prompt;
-- disk: stats d_k(d_k+1)/2 × mom2 bytes per layer (the upper triangle); edit deltas d×d_k float32 per layer (+ weights with ``keep:``);
+- disk: stats d_k(d_k+1)/2 × mom2 bytes per layer (the upper triangle); edit deltas per layer min(d×d_k float32, n(d + d_k) float64 factors) (+ weights with ``keep:``);
   LoRA/DoRA the adapter (+ merged weights with ``keep:``); full fine-tunes nothing but logs unless kept;
   targets one d-vector per request; evaluations a JSON of per-record metrics.
 """
@@ -224,7 +224,8 @@ def estimate_stage(spec: Any, s: ModelShape, grid: Any = None) -> StageCost:
             parts["statistics (float64)"] = len(layers) * f * f * 8
             parts["solve (float64)"] = 3 * f * f * 8
             parts["keys and prompt states"] = cached + n_edits * (f + d) * 8
-            disk["deltas"] = len(layers) * d * f * 4
+            # dense float32, or each batch's exact float64 factors where smaller (editdecay.deltas)
+            disk["deltas"] = len(layers) * min(d * f * 4, n_edits * (d + f) * 8)
             method = get_method(cfg["method"]) if cfg.get("method") else None
             if method is not None and method.state_cost is not None:
                 extra_peak, extra_disk = method.state_cost(len(layers), f)
@@ -358,9 +359,10 @@ def check_plan_resources(plan: Any, workdir: str | Path | None = None, check_mac
     return problems
 
 
-def ensure_plan_fits(plan: Any, workdir: str | Path | None = None, check_machine: bool = True) -> None:
+def ensure_plan_fits(plan: Any, workdir: str | Path | None = None, check_machine: bool = True,
+                     costs: list[StageCost] | None = None) -> None:
     """Refuse a plan that does not fit, before any work: ConfigError listing every problem."""
-    problems = check_plan_resources(plan, workdir, check_machine)
+    problems = check_plan_resources(plan, workdir, check_machine, costs)
     if problems:
         from editdecay.errors import ConfigError
 

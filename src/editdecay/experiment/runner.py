@@ -26,7 +26,7 @@ from typing import Any
 from editdecay.artifacts import drop_weights, read_marker, weights_dropped
 from editdecay.errors import ConfigError, EditDecayError
 from editdecay.experiment.backends import BACKENDS, Backend, capacity, make_backend
-from editdecay.experiment.cost import ensure_plan_fits, planned_stage_seconds
+from editdecay.experiment.cost import ensure_plan_fits, estimate_plan, machine_memory, planned_stage_seconds
 from editdecay.experiment.execute import artifact_path, is_complete, log, read_outputs
 from editdecay.experiment.plan import Plan, StageSpec, expand, is_transient
 from editdecay.experiment.schema import Grid, load_grid
@@ -77,6 +77,51 @@ def default_workdir(grid: Grid, store_path: Path) -> Path:
     return store_path.resolve().parent / "editdecay-work"
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask; os.cpu_count() where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | str) -> int:
+    """``--workers``: a positive integer, or ``auto`` = one per usable core (the CPU budget then packs them)."""
+    if workers == "auto":
+        return usable_cpus()
+    if isinstance(workers, str) and workers.isdigit():
+        workers = int(workers)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers {workers!r}: must be a positive integer or 'auto'")
+    return workers
+
+
+@dataclass
+class Budget:
+    """What the local backend's stages may use at once: their declared ``num_cpus`` summed within ``cpus`` and
+    their estimated peak memory (:mod:`editdecay.experiment.cost`) within ``memory`` bytes. A stage that alone
+    exceeds a limit still runs, alone. ``None`` = no limit (Ray places tasks by their own resources)."""
+
+    cpus: float | None = None
+    memory: float | None = None
+    peaks: dict[str, float] = field(default_factory=dict)  # stage id -> estimated peak bytes
+    used_cpus: float = 0.0
+    used_memory: float = 0.0
+
+    def need(self, spec: StageSpec) -> tuple[float, float]:
+        return max(1.0, float(spec.resources.get("num_cpus") or 1)), float(self.peaks.get(spec.stage_id, 0.0))
+
+    def fits(self, spec: StageSpec, idle: bool) -> bool:
+        cpus, memory = self.need(spec)
+        return idle or ((self.cpus is None or self.used_cpus + cpus <= self.cpus)
+                        and (self.memory is None or self.used_memory + memory <= self.memory))
+
+    def take(self, spec: StageSpec, sign: int = 1) -> None:
+        cpus, memory = self.need(spec)
+        self.used_cpus += sign * cpus
+        self.used_memory += sign * memory
+
+
 def plan_grid(grid_or_path: Grid | str | os.PathLike) -> Plan:
     grid = grid_or_path if isinstance(grid_or_path, Grid) else load_grid(grid_or_path)
     return expand(grid)
@@ -87,13 +132,14 @@ def run_grid(
     store: str | os.PathLike,
     workdir: str | os.PathLike | None = None,
     backend: str = "local",
-    workers: int = 1,
+    workers: int | str = 1,
     retry_failed: bool = False,
     stage_fns: dict[str, StageFn | str] | None = None,
     progress: bool = True,
     ray_address: str | None = None,
     skip: tuple[str, ...] | list[str] = (),
     order: str = "results-first",
+    cpus: int | None = None,
 ) -> RunResult:
     """Validate, plan and execute a grid into ``store``; re-running resumes where it stopped.
 
@@ -105,21 +151,29 @@ def run_grid(
     under way (a fine-tune's evaluations before the next fine-tune), so every finished hour is in the store and
     a transient model copy is dropped early; ``critical-path`` starts the longest remaining chain first, the
     shortest wall time when the machine and the work folder last until the grid ends.
+
+    ``workers``: the local backend's worker processes (1 = in this process; ``"auto"`` = one per usable core).
+    Stages run side by side only while their declared ``num_cpus`` fit in ``cpus`` (default: the usable cores)
+    and their estimated peak memory in this machine's RAM, so more workers never oversubscribe the machine.
     """
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}: allowed: {', '.join(BACKENDS)}")
     if order not in ORDERS:
         raise ConfigError(f"--order {order!r}: allowed: {', '.join(ORDERS)}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"--workers {workers!r}: must be a positive integer")
+    workers = resolve_workers(workers)
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        raise ConfigError(f"--cpus {cpus!r}: must be a positive integer")
     unknown = sorted(set(skip) - set(STAGE_KINDS))
     if unknown:
         raise ConfigError(f"--skip {','.join(unknown)}: unknown stage kind; allowed: {', '.join(STAGE_KINDS)}")
     plan = plan_grid(grid_or_path)  # every config error surfaces here, before any work
     store_path = Path(store)
     work = Path(workdir).expanduser() if workdir else default_workdir(plan.grid, store_path)
-    ensure_plan_fits(plan, workdir=work, check_machine=(backend == "local"))  # refuse before any work
+    costs = estimate_plan(plan)
+    ensure_plan_fits(plan, workdir=work, check_machine=(backend == "local"), costs=costs)  # refuse before any work
+    budget = Budget() if backend == "ray" else Budget(cpus or usable_cpus(), machine_memory(),
+                                                       {c.stage_id: c.memory for c in costs})
     with workdir_lock(work), Store(store_path) as db:
         artifacts = {sid: artifact_path(work, spec) for sid, spec in plan.stages.items()}
         db.register_plan(plan.grid.name, [r.row(r.values | {"edit": r.edit_hparams, "finetune": r.finetune})
@@ -150,7 +204,7 @@ def run_grid(
         result.deferred = _deferred(plan, set(skip), status)
         engine = make_backend(backend, work, stage_fns, workers, progress and workers == 1, ray_address)
         try:
-            _execute(plan, db, engine, artifacts, status, result, progress, order)
+            _execute(plan, db, engine, artifacts, status, result, progress, order, budget)
         finally:
             engine.close()
         result.runs = db.refresh_runs()
@@ -191,10 +245,12 @@ def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any],
 
 
 def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path], status: dict[str, str],
-             result: RunResult, progress: bool, order: str = "results-first") -> None:
-    """Submit every ready stage (all inputs done), record outcomes, skip what depends on a failure."""
+             result: RunResult, progress: bool, order: str = "results-first", budget: Budget | None = None) -> None:
+    """Submit every ready stage (all inputs done) that fits the budget, in priority order, record outcomes,
+    skip what depends on a failure."""
     from tqdm import tqdm
 
+    budget = budget or Budget()
     priority = stage_priority(plan, order)
     todo = sorted((sid for sid in plan.stages if status[sid] == "pending" and sid not in result.deferred),
                   key=priority.__getitem__)
@@ -212,8 +268,10 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                     blocked.add(sid)
                     result.skipped.append(sid)
                     bar.update(1)
-                elif all(status[d] == "done" for d in deps) and len(in_flight) < capacity(engine):
+                elif (all(status[d] == "done" for d in deps) and len(in_flight) < capacity(engine)
+                      and budget.fits(plan.stages[sid], idle=not in_flight)):
                     spec = plan.stages[sid]
+                    budget.take(spec)
                     pending.remove(sid)
                     db.mark_running(sid)
                     status[sid] = "running"
@@ -228,6 +286,7 @@ def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path],
                 sid = outcome["stage_id"]
                 in_flight.discard(sid)
                 spec = plan.stages[sid]
+                budget.take(spec, sign=-1)
                 if outcome["status"] == "done":
                     try:
                         _finish(db, spec, artifacts[sid], outcome)
