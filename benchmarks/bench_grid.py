@@ -5,13 +5,16 @@
     flock /tmp/editdecay-heavy.lock .venv/bin/python benchmarks/bench_grid.py --before /tmp/editdecay-before \
         --after /tmp/editdecay-after --repeat 2 --note "..."
 
-Both runs execute ``configs/demo-v1.yaml`` (the 10-edit MEMIT + 12-step LoRA demo) from scratch in fresh work
-folders, one after the other in this process's machine state, as ``python -m editdecay.cli run`` subprocesses
-(``PYTHONPATH`` picks the version). This version runs it with ``train_on_inputs: false`` added, the loss the
-earlier version used, so both compute the same thing. Reported: wall seconds of each run and their ratio, the
-work folder's size after each run (and per stage kind), each kind's summed stage seconds, and the largest
-difference between the two stores' metrics (summary and per record, matched by run settings and group);
-``--repeat N`` runs N interleaved pairs and reports the medians and the pairwise ratios. Results: ``benchmarks/results/bench_grid.json``.
+Each pair runs ``configs/demo-v1.yaml`` (the 10-edit MEMIT + 12-step LoRA demo) three times, from scratch in
+fresh work folders, one after the other in this process's machine state, as ``python -m editdecay.cli run``
+subprocesses (``PYTHONPATH`` picks the version): the earlier version and this one with their default ``editdecay
+run`` options (the earlier version: one stage at a time in its process; this one: ``--workers auto``, stages
+packed onto the cores by their declared ``num_cpus``), and this one with ``--workers 1``. This version runs it
+with ``train_on_inputs: false`` added, the loss the earlier version used, so all compute the same thing.
+Reported: wall seconds of each run and the ratios, the work folder's size after each run (and per stage kind),
+each kind's summed stage seconds, and the largest difference between the stores' metrics (summary and per
+record, matched by run settings and group); ``--repeat N`` runs N pairs and reports medians and pairwise ratios.
+Results: ``benchmarks/results/bench_grid.json``.
 """
 
 from __future__ import annotations
@@ -68,12 +71,12 @@ def kind_bytes(work: Path) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def run(src: Path, grid: Path, tmp: Path, name: str) -> dict:
+def run(src: Path, grid: Path, tmp: Path, name: str, extra: tuple[str, ...] = ()) -> dict:
     store, work = tmp / f"{name}.db", tmp / f"{name}-work"
     env = {**os.environ, "PYTHONPATH": str(src), "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "editdecay.cli", "run", str(grid), "--store", str(store),
-                           "--workdir", str(work)], env=env, capture_output=True, text=True)
+                           "--workdir", str(work), *extra], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(f"{name} run failed:\n{done.stderr[-3000:]}")
@@ -100,18 +103,24 @@ def main() -> int:
             after_grid.write_text(yaml.safe_dump(raw_after))
             before = run(Path(args.before) / "src", GRID, tmp, "before")
             after = run(Path(args.after) / "src", after_grid, tmp, "after")
-            mb, ma = metrics(before.pop("store")), metrics(after.pop("store"))
-        shared = sorted(set(mb) & set(ma))
-        metric_diffs += [abs(mb[k] - ma[k]) for k in shared]
+            serial = run(Path(args.after) / "src", after_grid, tmp, "after-1", ("--workers", "1"))
+            mb, ma, ms = (metrics(r.pop("store")) for r in (before, after, serial))
+        shared = sorted(set(mb) & set(ma) & set(ms))
+        metric_diffs += [max(abs(mb[k] - ma[k]), abs(mb[k] - ms[k])) for k in shared]
         compared, only_before, only_after = len(shared), len(set(mb) - set(ma)), len(set(ma) - set(mb))
-        pairs.append({"before": before, "after": after, "wall_ratio": after["seconds"] / before["seconds"]})
-        print(f"pair {i + 1}: before {before['seconds']:.0f} s, after {after['seconds']:.0f} s, "
-              f"ratio {pairs[-1]['wall_ratio']:.3f}", file=sys.stderr)
+        pairs.append({"before": before, "after": after, "after_one_worker": serial,
+                      "wall_ratio": after["seconds"] / before["seconds"],
+                      "wall_ratio_one_worker": serial["seconds"] / before["seconds"]})
+        print(f"pair {i + 1}: before {before['seconds']:.0f} s, after {after['seconds']:.0f} s "
+              f"(one worker: {serial['seconds']:.0f} s), ratio {pairs[-1]['wall_ratio']:.3f} "
+              f"({pairs[-1]['wall_ratio_one_worker']:.3f})", file=sys.stderr)
     b, a = pairs[-1]["before"], pairs[-1]["after"]
     out = {"grid": str(GRID.relative_to(ROOT)), "pairs": pairs,
            "before_seconds_median": statistics.median(p["before"]["seconds"] for p in pairs),
            "after_seconds_median": statistics.median(p["after"]["seconds"] for p in pairs),
+           "after_one_worker_seconds_median": statistics.median(p["after_one_worker"]["seconds"] for p in pairs),
            "wall_ratio_median": statistics.median(p["wall_ratio"] for p in pairs),
+           "wall_ratio_one_worker_median": statistics.median(p["wall_ratio_one_worker"] for p in pairs),
            "before_work_bytes": b["work_bytes"], "after_work_bytes": a["work_bytes"],
            "disk_ratio_after_over_before": a["work_bytes"] / b["work_bytes"],
            "metrics_compared": compared, "metrics_only_before": only_before, "metrics_only_after": only_after,

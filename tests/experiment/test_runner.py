@@ -499,3 +499,23 @@ def test_workers_auto_is_one_per_usable_core_and_bad_values_are_refused(tmp_path
             resolve_workers(bad)
     with pytest.raises(ConfigError, match="--cpus"):
         run_grid(TINY, tmp_path / "r.db", workdir=tmp_path / "w", cpus=0, progress=False)
+
+
+def test_the_budget_keeps_summed_peak_memory_within_the_machine():
+    """Two stages whose peaks (estimated, or declared memory_gb where larger) together exceed the memory run one
+    after the other; a stage larger than the whole budget still runs, alone."""
+    from editdecay.experiment.plan import StageSpec
+    from editdecay.experiment.runner import Budget
+
+    gb = 2**30
+    a = StageSpec("a", "finetune", {}, {}, {"num_cpus": 1, "memory_gb": 0})
+    b = StageSpec("b", "finetune", {}, {}, {"num_cpus": 1, "memory_gb": 9})
+    huge = StageSpec("c", "finetune", {}, {}, {"num_cpus": 8, "memory_gb": 0})
+    budget = Budget(cpus=4, memory=16 * gb, peaks={"a": 8 * gb, "b": 2 * gb, "c": 64 * gb})
+    assert budget.need(b) == (1.0, 9 * gb)  # declared beats the smaller estimate
+    assert budget.fits(a, idle=True)
+    budget.take(a)
+    assert not budget.fits(b, idle=False)  # 8 + 9 > 16
+    assert not budget.fits(huge, idle=False)
+    budget.take(a, sign=-1)
+    assert budget.fits(huge, idle=True) and (budget.used_cpus, budget.used_memory) == (0.0, 0.0)

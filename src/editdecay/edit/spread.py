@@ -109,8 +109,6 @@ def apply_update(
                     if what in str(exc):
                         raise
                     raise NumericalError(f"{what}: {exc}") from None
-                if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
-                    raise NumericalError(f"{what}: the update holds NaN/inf")
                 weight = adapter.rewrite_weight(model, layer)
                 name = adapter.rewrite_name(layer) + ".weight"
                 # the delta is kept in float32 as solved; a half-precision weight gets W + ΔW summed in

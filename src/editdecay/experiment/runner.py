@@ -99,7 +99,8 @@ def resolve_workers(workers: int | str) -> int:
 @dataclass
 class Budget:
     """What the local backend's stages may use at once: their declared ``num_cpus`` summed within ``cpus`` and
-    their estimated peak memory (:mod:`editdecay.experiment.cost`) within ``memory`` bytes. A stage that alone
+    their peak memory (declared ``memory_gb`` or the estimate of :mod:`editdecay.experiment.cost`, the larger)
+    within ``memory`` bytes. A stage that alone
     exceeds a limit still runs, alone. ``None`` = no limit (Ray places tasks by their own resources)."""
 
     cpus: float | None = None
@@ -109,7 +110,9 @@ class Budget:
     used_memory: float = 0.0
 
     def need(self, spec: StageSpec) -> tuple[float, float]:
-        return max(1.0, float(spec.resources.get("num_cpus") or 1)), float(self.peaks.get(spec.stage_id, 0.0))
+        """(cores, bytes): the declared num_cpus (at least 1), the larger of declared memory_gb and the estimate."""
+        declared = float(spec.resources.get("memory_gb") or 0) * 2**30
+        return max(1.0, float(spec.resources.get("num_cpus") or 1)), max(declared, self.peaks.get(spec.stage_id, 0.0))
 
     def fits(self, spec: StageSpec, idle: bool) -> bool:
         cpus, memory = self.need(spec)
