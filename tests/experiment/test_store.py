@@ -127,10 +127,31 @@ def test_integrity_check_finds_broken_invariants(tmp_path):
         db.conn.execute("UPDATE stages SET status='failed' WHERE stage_id='finetune-x'")
         problems = "\n".join(db.integrity_check())
         assert "done evaluation without metrics: evaluate-M" in problems
-        assert "done stage whose artifact is missing: evaluate-M" in problems
+        assert "artifact is missing" not in problems  # nothing still to run reads evaluate-M: not a problem
+        assert db.missing_artifacts() == ([], ["evaluate-M"])
         assert "metrics of a stage that is not done: evaluate-M_ft" in problems
         assert "run marked done with a stage not done: run-a" in problems
         assert "failed stage without error: finetune-x" in problems
+
+
+def test_a_missing_artifact_is_a_problem_only_where_a_stage_still_to_run_reads_it(tmp_path):
+    """A finished fine-tune whose folder is gone while its evaluation is pending must be computed again
+    (a problem); once the evaluation is done, the same missing folder is only noted (a moved store)."""
+    stages = [{"stage_id": "finetune-x", "kind": "finetune", "config": {}, "deps": {},
+               "artifact": str(tmp_path / "gone")},
+              {"stage_id": "evaluate-x", "kind": "evaluate", "config": {}, "deps": {"model": "finetune-x"},
+               "artifact": str(tmp_path / "evaluate-x")}]
+    with Store(tmp_path / "r.db") as db:
+        db.register_plan("g", [], stages, [])
+        db.conn.execute("UPDATE stages SET status='done', finished_at=1 WHERE stage_id='finetune-x'")
+        assert db.missing_artifacts() == (["finetune-x"], [])
+        assert ("done stage whose artifact is missing and a stage still to run reads it: finetune-x"
+                in db.integrity_check())
+        (tmp_path / "evaluate-x").mkdir()
+        db.mark_running("evaluate-x")
+        db.mark_done("evaluate-x", "evaluate", tmp_path / "evaluate-x", 1.0, {}, evaluation=_evaluation(1))
+        assert db.missing_artifacts() == ([], ["finetune-x"])
+        assert db.integrity_check() == []
 
 
 def _writer(path: str, worker: int, n: int) -> None:

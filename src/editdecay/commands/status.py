@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
         if args.check:
             problems = db.integrity_check()
             print("integrity: ok" if not problems else "integrity problems:\n  " + "\n  ".join(problems))
+            elsewhere = db.missing_artifacts()[1]
+            if elsewhere:
+                print(f"note: {len(elsewhere)} finished stage(s) have no artifact here; their numbers are in the "
+                      "store and no stage still to run reads them (a store moved from another machine)")
             rc = 1 if problems else 0
         if args.snapshot:
             print(f"wrote {db.snapshot(args.snapshot)}")

@@ -381,14 +381,25 @@ class Store:
              " USING (run_id) JOIN stages s ON s.stage_id = rs.stage_id WHERE r.status='done' AND s.status!='done'"),
             ("run without all four groups", "SELECT r.run_id FROM runs r WHERE (SELECT COUNT(DISTINCT grp) FROM"
              " run_groups g WHERE g.run_id = r.run_id) != 4"),
-            ("done stage whose artifact is missing", "SELECT stage_id, artifact FROM stages WHERE status='done'"),
         ]
         for label, sql in checks:
-            rows = self.conn.execute(sql).fetchall()
-            if label.startswith("done stage whose artifact"):
-                rows = [r for r in rows if not r[1] or not Path(r[1]).exists()]
-            problems.extend(f"{label}: {r[0]}" for r in rows)
+            problems.extend(f"{label}: {r[0]}" for r in self.conn.execute(sql).fetchall())
+        needed, _ = self.missing_artifacts()
+        problems.extend(f"done stage whose artifact is missing and a stage still to run reads it: {sid}"
+                        for sid in needed)
         return problems
+
+    def missing_artifacts(self) -> tuple[list[str], list[str]]:
+        """Done stages whose artifact folder is not here: (those a stage still to run reads, the rest). The rest
+        is normal on a store moved to another machine: their numbers are in the store and nothing needs them (the
+        runner recomputes only the first kind)."""
+        rows = self.conn.execute("SELECT stage_id, status, artifact, deps_json FROM stages").fetchall()
+        read_by_pending = {dep for _, status, _, deps in rows if status != "done"
+                           for dep in json.loads(deps or "{}").values()}
+        missing = [sid for sid, status, artifact, _ in rows
+                   if status == "done" and (not artifact or not Path(artifact).exists())]
+        return ([sid for sid in missing if sid in read_by_pending],
+                [sid for sid in missing if sid not in read_by_pending])
 
     def snapshot(self, out: str | os.PathLike) -> Path:
         """A consistent one-file copy of the store, safe to take while a run writes to it and to commit.
