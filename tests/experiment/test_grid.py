@@ -285,3 +285,19 @@ def test_description_is_kept_as_one_line_and_changes_no_stage(tmp_path):
     raw["description"] = ["not", "text"]
     with pytest.raises(ConfigError, match="description"):
         load_grid(write(tmp_path, raw, "bad.yaml"))
+
+
+def test_statistics_and_target_values_run_on_the_edits_resources_unless_given_their_own():
+    """They were split out of the edit; a grid that sized its edit (e.g. 2 cores) must not see them drop to the
+    1-core default. Their own entry wins, and resources never enter a stage id."""
+    raw = tiny_raw()
+    raw["resources"] = {"edit": {"num_cpus": 2, "memory_gb": 3}}
+    plan = expand(parse_grid(raw, "g"))
+    by_kind = {spec.kind: spec.resources for spec in plan.stages.values()}
+    for kind in ("stats", "targets", "edit"):
+        assert (by_kind[kind]["num_cpus"], by_kind[kind]["memory_gb"]) == (2, 3), kind
+    assert by_kind["finetune"]["num_cpus"] == 1
+    raw["resources"]["targets"] = {"num_cpus": 4}
+    own = {spec.kind: spec.resources for spec in expand(parse_grid(raw, "g")).stages.values()}
+    assert (own["targets"]["num_cpus"], own["stats"]["num_cpus"]) == (4, 2)
+    assert set(expand(parse_grid(raw, "g")).stages) == set(expand(parse_grid(tiny_raw(), "g")).stages)

@@ -62,6 +62,7 @@ EDIT_AXES = ("model", "method", "edit_data", "n_edits")
 RESOURCE_KINDS = STAGE_KINDS  # every stage kind may declare resources
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory_gb")
 DEFAULT_RESOURCES = {"num_cpus": 1, "num_gpus": 0, "memory_gb": 0}
+EDIT_PARTS = ("stats", "targets")  # stages split out of an edit: without their own resources, they take the edit's
 FT_AXIS_KEYS = {"type": "ft_types", "layers": "layers", "modules": "modules", "data": "ft_data", "seed": "seeds"}
 
 
@@ -339,6 +340,7 @@ def _parse_overrides(path: str, raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _parse_resources(path: str, raw: dict[str, Any]) -> dict[str, dict[str, float]]:
     resources: dict[str, dict[str, float]] = {}
+    declared: set[str] = set()
     res_raw = _mapping(path, "resources", raw.get("resources"))
     for kind in RESOURCE_KINDS:
         entry = _mapping(path, f"resources.{kind}", res_raw.pop(kind, None))
@@ -349,9 +351,14 @@ def _parse_resources(path: str, raw: dict[str, Any]) -> dict[str, dict[str, floa
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise key_error(path, f"resources.{kind}.{k}", "must be a non-negative number")
         resources[kind] = {**DEFAULT_RESOURCES, **entry}
+        if entry:
+            declared.add(kind)
     if res_raw:
         raise key_error(path, f"resources.{sorted(res_raw)[0]}",
                         f"unknown stage kind; allowed: {', '.join(RESOURCE_KINDS)}")
+    for kind in EDIT_PARTS:  # split out of the edit: they run on what it declares unless given their own
+        if kind not in declared and "edit" in declared:
+            resources[kind] = dict(resources["edit"])
     return resources
 
 
