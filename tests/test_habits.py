@@ -49,6 +49,7 @@ SRC = ROOT / "src"
 LAYERS = [
     "errors",
     "util groups stats",
+    "deltas",
     "artifacts",
     "models",
     "data",
@@ -73,7 +74,7 @@ NEVER = {
 MODULE_ORDER = {
     "edit": ["hparams_classes", "registry", "hparams", "hooks", "prompts", "keys", "replay", "targets_cache",
              "targets", "stats_text", "stats_cache", "stats", "linalg", "spread", "memit", "alphaedit", "api"],
-    "experiment": ["store", "facts", "schema", "plan", "cost", "stages", "execute", "backends.local",
+    "experiment": ["store_schema", "store", "facts", "schema", "plan", "cost", "stages", "execute", "backends.local",
                    "backends.ray", "backends", "runner", "export", "grid"],
 }
 

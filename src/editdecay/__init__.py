@@ -1,7 +1,8 @@
 """editdecay: do knowledge edits survive fine-tuning?
 
 Data flows models -> data -> edit -> finetune -> evaluate -> experiment -> report. Imports flow one way,
-from the bottom up: ``errors``; ``util``, ``groups`` (the four model groups), ``stats``; ``artifacts``;
+from the bottom up: ``errors``; ``util``, ``groups`` (the four model groups), ``stats``; ``deltas`` (the deltas file:
+dense or factored ΔW); ``artifacts``;
 ``models``; ``data``; ``edit``; ``evaluate`` (it scores any model folder, so it sits below what calls it:
 fine-tuning's tracker and preserve's re-edit); ``preserve``; ``finetune``; ``erase``, ``analyze``;
 ``experiment``; ``report`` (the store, ``stats``, ``groups`` and ``util`` only); ``api``; ``commands``;

@@ -5,10 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState, NullSpaceProjection, alphaedit_delta
+from editdecay.edit.alphaedit import AlphaEditRule, AlphaEditState, NullSpaceProjection, alphaedit_factors
 from editdecay.edit.linalg import solve_checked
-from editdecay.edit.memit import MemitRule, memit_delta
+from editdecay.edit.memit import MemitRule, memit_factors
 from editdecay.errors import NumericalError
+
+
+def memit_delta(*args, **kwargs) -> torch.Tensor:
+    """ΔW = L R from the factors MEMIT solves for."""
+    left, right = memit_factors(*args, **kwargs)
+    return left @ right
+
+
+def alphaedit_delta(*args, **kwargs) -> torch.Tensor:
+    left, right = alphaedit_factors(*args, **kwargs)
+    return left @ right
+
+
+def _solve(rule, layer, keys, resid) -> torch.Tensor:
+    left, right = rule.factors(layer, keys, resid)
+    return left @ right
 
 
 def _rand(*shape, seed=0):
@@ -73,16 +89,17 @@ def test_sequential_alphaedit_keeps_earlier_edits():
     rule = AlphaEditRule(state, L2=1e-7)
     k1, r1 = _rand(d_in, 4, seed=12), _rand(d_out, 4, seed=13)
     k2, r2 = _rand(d_in, 4, seed=14), _rand(d_out, 4, seed=15)
-    d1 = rule.solve(3, k1, r1)
+    d1 = _solve(rule, 3, k1, r1)
     rule.after_edit({3: k1})
     assert state.n_edits == 4 and 3 in state.prev_cov
-    d2 = rule.solve(3, k2, r2)
+    d2 = _solve(rule, 3, k2, r2)
     rule.after_edit({3: k2})
     total = d1 + d2
     torch.testing.assert_close(total @ k1, r1, rtol=1e-4, atol=1e-4)  # the first batch still holds
     torch.testing.assert_close(d2 @ k2, r2, rtol=1e-4, atol=1e-4)
     # without the memory of k1 the second edit disturbs the first batch's outputs
-    fresh = AlphaEditRule(AlphaEditState.from_stats({3: cov}, threshold=1e-2), L2=1e-7).solve(3, k2, r2)
+    fresh = AlphaEditRule(AlphaEditState.from_stats({3: cov}, threshold=1e-2), L2=1e-7)
+    fresh = _solve(fresh, 3, k2, r2)
     assert (fresh @ k1).norm() > 100 * (d2 @ k1).norm()
 
 
@@ -126,7 +143,7 @@ def test_solve_checked_refuses_bad_systems():
 def test_memit_rule_names_the_layer():
     rule = MemitRule({4: torch.full((6, 6), float("nan"), dtype=torch.float64)}, mom2_update_weight=10.0)
     with pytest.raises(NumericalError, match="layer 4"):
-        rule.solve(4, _rand(6, 2), _rand(3, 2))
+        _solve(rule, 4, _rand(6, 2), _rand(3, 2))
 
 
 def test_alphaedit_state_keeps_k_p_k_p_t_exactly_in_half_the_space(tmp_path):

@@ -86,13 +86,6 @@ def alphaedit_factors(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpacePr
     return resid, y.T
 
 
-def alphaedit_delta(keys: torch.Tensor, resid: torch.Tensor, proj: NullSpaceProjection | torch.Tensor,
-                    prev_cov: torch.Tensor | None, alpha: float, *, what: str = "AlphaEdit update") -> torch.Tensor:
-    """ΔW [d_out, d_in] = R Kᵀ P (KKᵀP + K_pK_pᵀP + αI)⁻¹ in float64: the product of :func:`alphaedit_factors`."""
-    left, right = alphaedit_factors(keys, resid, proj, prev_cov, alpha, what=what)
-    return left @ right
-
-
 @dataclass
 class AlphaEditState:
     """What AlphaEdit carries between sequential batches: P per layer and the accumulated K_p K_pᵀ."""
@@ -178,10 +171,6 @@ class AlphaEditRule:
     def factors(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return alphaedit_factors(keys, resid, self.state.projections[layer], self.state.prev_cov.get(layer),
                                  self.L2, what=f"layer {layer}")
-
-    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        left, right = self.factors(layer, keys, resid)
-        return left @ right
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:
         """Remember this batch's keys (computed on the edited model, as the reference code does)."""

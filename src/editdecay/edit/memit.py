@@ -29,13 +29,6 @@ def memit_factors(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, la
     return resid, adj.T
 
 
-def memit_delta(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, *,
-                max_condition: float | None = None, what: str = "MEMIT update") -> torch.Tensor:
-    """ΔW [d_out, d_in] = R Kᵀ (λC + KKᵀ)⁻¹ (float64): the product of :func:`memit_factors`."""
-    left, right = memit_factors(keys, resid, cov, lam, max_condition=max_condition, what=what)
-    return left @ right
-
-
 @dataclass
 class MemitRule:
     """MEMIT as an :class:`~editdecay.edit.spread.UpdateRule`: ``cov`` maps layer -> C (float64)."""
@@ -52,10 +45,6 @@ class MemitRule:
             cov = self._on_device[layer] = self.cov[layer].to(device=keys.device, dtype=torch.float64)
         return memit_factors(keys, resid, cov, self.mom2_update_weight,
                              max_condition=self.max_condition, what=f"layer {layer}")
-
-    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-        left, right = self.factors(layer, keys, resid)
-        return left @ right
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None:  # MEMIT keeps no state between batches
         return None

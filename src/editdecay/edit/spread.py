@@ -29,11 +29,9 @@ from editdecay.models.arch import ArchAdapter
 
 class UpdateRule(Protocol):
     """A method's update for one layer from keys [d_in, n] and residuals [d_out, n]: ΔW [d_out, d_in] (float64)
-    as its factors (L [d_out, n], R [n, d_in]), ΔW = L R; ``solve`` is their product."""
+    as its factors (L [d_out, n], R [n, d_in]), ΔW = L R."""
 
     def factors(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    def solve(self, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor: ...
 
     def after_edit(self, keys: dict[int, torch.Tensor]) -> None: ...
 
