@@ -100,8 +100,8 @@ def resolve_workers(workers: int | str) -> int:
 class Budget:
     """What the local backend's stages may use at once: their declared ``num_cpus`` summed within ``cpus`` and
     their peak memory (declared ``memory_gb`` or the estimate of :mod:`editdecay.experiment.cost`, the larger)
-    within ``memory`` bytes. A stage that alone
-    exceeds a limit still runs, alone. ``None`` = no limit (Ray places tasks by their own resources)."""
+    within ``memory`` bytes. A stage that alone exceeds a limit still runs, alone. ``None`` = no limit (Ray
+    places tasks by their own resources)."""
 
     cpus: float | None = None
     memory: float | None = None
