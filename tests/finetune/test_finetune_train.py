@@ -306,6 +306,38 @@ def test_tracked_run_resumes_with_the_same_trajectory(make_tiny, tmp_path, short
     assert got == want
 
 
+def test_fine_tunes_of_one_model_share_their_step_0_point_exactly(make_tiny, tmp_path, short_data, monkeypatch):
+    """Step 0 scores the model training starts from. LoRA (B = 0) and full fine-tuning start from it bit for
+    bit, so fine-tunes of the same model with other seeds or types read the first one's point instead of
+    scoring it again, and it equals the point computed without sharing; DoRA, which is not the input model at
+    step 0 bit for bit, scores its own."""
+    import editdecay.evaluate.api as evaluate_api
+
+    model, tok = make_tiny("llama")
+    edit_dir = tmp_path / "edit"
+    _edit_folder(model, tok, edit_dir, [1])
+    cfg = {**BASE, "data": short_data, "type": "lora", "layers": "edited", "max_steps": 2, "eval_every": 1}
+    alone = finetune(make_tiny("llama")[0], cfg, tmp_path / "alone", track_edits=edit_dir, tokenizer=tok,
+                     progress=False)
+    assert alone["tracked_records"] == 2
+    calls = []
+    real = evaluate_api.evaluate_edits
+    monkeypatch.setattr(evaluate_api, "evaluate_edits", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = tmp_path / "tracking"
+    points = {}
+    for name, override in (("lora0", {}), ("lora1", {"seed": 1}), ("full", {"type": "full"}),
+                           ("dora", {"type": "dora"})):
+        calls.clear()
+        finetune(make_tiny("llama")[0], {**cfg, **override}, tmp_path / name, track_edits=edit_dir, tokenizer=tok,
+                 progress=False, start_cache=shared)
+        points[name] = json.loads((tmp_path / name / "trajectory.json").read_text())
+        points[name + " calls"] = len(calls)
+    want = json.loads((tmp_path / "alone" / "trajectory.json").read_text())[0]
+    assert points["lora0"][0] == points["lora1"][0] == points["full"][0] == want  # exact, not approximate
+    assert [points[f"{n} calls"] for n in ("lora0", "lora1", "full", "dora")] == [3, 2, 2, 3]  # steps 0, 1, 2
+    assert len(list(shared.glob("start-*.json"))) == 1
+
+
 def test_run_where_every_response_is_cut_off_is_an_error(make_tiny, tmp_path):
     """With the loss on the response only, max_length inside every prompt means no token carries a loss: an
     error, not a silent no-op. (With the study's loss on the whole example the prompt tokens still train.)"""

@@ -157,7 +157,7 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     adapter_only = cfg["finetune"].get("type") != "full" and not cfg.get("keep_model", False)
     preserve = inputs["model"] if cfg["finetune"].get("preserve_strategy", "none") != "none" else None
     finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only,
-             preserve_edits=preserve, dtype=cfg.get("dtype"))
+             preserve_edits=preserve, dtype=cfg.get("dtype"), start_cache=ctx.workdir / "tracking" if track else None)
     return {"model": "."}
 
 

@@ -53,6 +53,25 @@ def model_fingerprint(model: nn.Module) -> str:
     return stable_hash(rows)
 
 
+EXACT_AT_START = ("full", "lora")  # step 0 computes exactly the input model (LoRA: B = 0 adds exact zeros)
+
+
+def start_point_file(folder: str | os.PathLike, model: nn.Module, fingerprint: str, cfg: FinetuneConfig,
+                     records: list, source: str, exact: bool = True) -> Path | None:
+    """Where the step-0 tracking point of this fine-tune is shared, or None where step 0 is not the input model
+    bit for bit (DoRA rescales W by its column norms; a preserve strategy is applied): named by the input
+    (``source``: a grid's content-addressed stage folder, and ``fingerprint`` of its weights, taken before any
+    adapter is injected), the tracked records,
+    the downstream sample, dtype and device -- everything the point depends on, nothing of the fine-tuning."""
+    if cfg.type not in EXACT_AT_START or not exact:
+        return None
+    param = next(model.parameters())
+    key = stable_hash({"source": source, "model": fingerprint,
+                       "records": [r.to_dict() for r in records], "downstream": list(cfg.downstream_tasks or []),
+                       "downstream_n": cfg.downstream_n, "dtype": str(param.dtype), "device": param.device.type})
+    return Path(folder) / f"start-{key[:24]}.json"
+
+
 def _edit_manifest(track_edits: str | os.PathLike | None, edit_dir: str | os.PathLike | None,
                    model_dir: Path | None) -> tuple[dict[str, Any] | None, str | None]:
     """The edit manifest for 'edited' layers and tracking: --track-edits, else edit_dir, else the model folder's."""
@@ -110,6 +129,7 @@ def finetune(
     on_step: Any = None,
     preserve_edits: str | os.PathLike | None = None,
     adapter_only: bool = False,
+    start_cache: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Fine-tune and write the fine-tune folder; return its manifest.
 
@@ -120,6 +140,8 @@ def finetune(
     ``cfg.preserve_strategy`` keeps (default: the edit folder found for tracking / 'edited' layers; see
     editdecay.preserve and docs/preserve.md). ``adapter_only`` (LoRA/DoRA): write the adapter and the
     manifest but no merged model copy; loading the folder merges the adapter into the model it started from.
+    ``start_cache``: a folder where the tracker's step-0 scores are shared by every fine-tune that starts from
+    the same model (a grid passes its work folder's; see :func:`start_point_file`).
     """
     cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
     cfg.validate()
@@ -173,6 +195,8 @@ def finetune(
     if preserve is not None:
         identity["preserve"] = preserve.identity()
     run_hash = stable_hash(identity)
+    start = (start_point_file(start_cache, model, identity["model"], cfg, records, source=str(model_or_path),
+                              exact=preserve is None) if start_cache is not None and records is not None else None)
     done = _prepare_dirs(out, work, run_hash, overwrite)
     if done is not None:
         print(f"[editdecay] {out} already holds this finished run; not training again", file=sys.stderr)
@@ -198,7 +222,8 @@ def finetune(
     data = TrainData(examples, tokenizer, cfg.max_length, cfg.batch_size, cfg.seed, cfg.train_on_inputs)
     tracker = None
     if records is not None:
-        tracker = DecayTracker(records, tokenizer, work / TRAJECTORY, cfg.downstream_tasks, cfg.downstream_n)
+        tracker = DecayTracker(records, tokenizer, work / TRAJECTORY, cfg.downstream_tasks, cfg.downstream_n,
+                               start_cache=start)
     result = train(train_module, data, cfg, work, eval_model=model, tracker=tracker, progress=progress,
                    on_step=on_step, after_update=preserve.after_update if preserve is not None else None)
 

@@ -121,12 +121,15 @@ class DecayTracker:
     """Scores the tracked edit records (and optionally a downstream sample) at chosen steps -> trajectory.json."""
 
     def __init__(self, records: list, tokenizer, path: Path, downstream_tasks: list[str] | None = None,
-                 downstream_n: int = 20) -> None:
+                 downstream_n: int = 20, start_cache: Path | None = None) -> None:
         self.records = records
         self.tokenizer = tokenizer
         self.path = Path(path)
         self.downstream_tasks = list(downstream_tasks or [])
         self.downstream_n = downstream_n
+        # step 0 scores the model training starts from: fine-tunes of the same model share that point (a file
+        # named by what determines it, see finetune.api.start_point_file) instead of each scoring it again
+        self.start_cache = Path(start_cache) if start_cache is not None else None
         self.points: list[dict[str, Any]] = read_json(self.path) if self.path.exists() else []
 
     def steps(self) -> list[int]:
@@ -141,6 +144,11 @@ class DecayTracker:
         """Score the tracked edits at ``step``; ``tokens``: training tokens seen so far (the dose of fine-tuning)."""
         from editdecay.evaluate.api import evaluate_edits
 
+        if step == 0 and self.start_cache is not None and self.start_cache.exists():
+            point = {**read_json(self.start_cache), "step": 0}
+            if tokens is not None:
+                point["tokens"] = tokens
+            return self._keep(point)
         was_training = model.training
         model.eval()
         try:
@@ -159,7 +167,13 @@ class DecayTracker:
                     point["downstream"] = down["tasks"]
         finally:
             model.train(was_training)
-        self.points = [p for p in self.points if p["step"] != step] + [point]
+        if step == 0 and self.start_cache is not None:
+            self.start_cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.start_cache, point)
+        return self._keep(point)
+
+    def _keep(self, point: dict[str, Any]) -> dict[str, Any]:
+        self.points = [p for p in self.points if p["step"] != point["step"]] + [point]
         atomic_write_json(self.path, self.points)
         return point
 
