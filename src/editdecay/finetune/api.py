@@ -61,8 +61,8 @@ def start_point_file(folder: str | os.PathLike, model: nn.Module, fingerprint: s
     """Where the step-0 tracking point of this fine-tune is shared, or None where step 0 is not the input model
     bit for bit (DoRA rescales W by its column norms; a preserve strategy is applied): named by the input
     (``source``: a grid's content-addressed stage folder, and ``fingerprint`` of its weights, taken before any
-    adapter is injected), the tracked records,
-    the downstream sample, dtype and device -- everything the point depends on, nothing of the fine-tuning."""
+    adapter is injected), the tracked records, the downstream sample, dtype and device: everything the point
+    depends on, nothing of the fine-tuning."""
     if cfg.type not in EXACT_AT_START or not exact:
         return None
     param = next(model.parameters())
@@ -195,7 +195,7 @@ def finetune(
     if preserve is not None:
         identity["preserve"] = preserve.identity()
     run_hash = stable_hash(identity)
-    start = (start_point_file(start_cache, model, identity["model"], cfg, records, source=str(model_or_path),
+    start = (start_point_file(start_cache, model, identity["model"], cfg, records, source=base_model,
                               exact=preserve is None) if start_cache is not None and records is not None else None)
     done = _prepare_dirs(out, work, run_hash, overwrite)
     if done is not None:
