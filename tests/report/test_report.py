@@ -394,18 +394,20 @@ def test_the_grid_description_heads_every_format_escaped(tmp_path, tiny_tok):
     assert render_text(build_report(store, with_figures=False)).splitlines()[2].startswith("demo: Strong edits")
 
 
-def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path):
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)], ids=["per-edit-path", "paired-runs-path"])
+def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path, seeds):
     """With per-edit ES magnitudes stored, every finding carries a second verdict on them: here AlphaEdit's edits
     lose more margin than MEMIT's (known amounts), so that claim is supported on magnitude and its reverse is not,
-    whatever the binary flips say; the decay claim is judged on the before/after magnitudes."""
+    whatever the binary flips say; the decay claim is judged on the before/after magnitudes. Both verdict paths
+    carry it: one seed (McNemar per edit) and three seeds (paired t-test over runs)."""
     from editdecay.report.findings import all_findings, compare_conditions
     from editdecay.report.load import load_results
 
-    store = build_store(tmp_path / "m.db", seeds=(0,), models=MODELS[:1], methods=("memit", "alphaedit"),
+    store = build_store(tmp_path / "m.db", seeds=seeds, models=MODELS[:1], methods=("memit", "alphaedit"),
                         ft_types=("lora",), layers=("all",))
     conn = sqlite3.connect(store)
-    groups = conn.execute("SELECT r.method, g.grp, g.eval_stage_id FROM runs r JOIN run_groups g USING (run_id) "
-                          "WHERE g.grp IN ('M_ed', 'M_ed_ft')").fetchall()
+    groups = conn.execute("SELECT DISTINCT r.method, g.grp, g.eval_stage_id FROM runs r JOIN run_groups g "
+                          "USING (run_id) WHERE g.grp IN ('M_ed', 'M_ed_ft')").fetchall()
     loss = {"memit": lambda i: 0.002 * i, "alphaedit": lambda i: 0.002 * i + 0.05}
     for method, grp, sid in groups:
         for i in range(N_RECORDS):
@@ -415,8 +417,9 @@ def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path):
     conn.close()
     res = load_results(store)
     more = compare_conditions(res, "AlphaEdit decays more", "method", "alphaedit", "memit")
+    assert ("McNemar" in more.evidence) == (len(seeds) < 3)
     assert more.margin_verdict == "supported"
-    assert f"over {N_RECORDS} paired edits" in more.margin_evidence and "(+5.0)" in more.margin_evidence
+    assert f"over {N_RECORDS * len(seeds)} paired edits" in more.margin_evidence and "(+5.0)" in more.margin_evidence
     assert compare_conditions(res, "MEMIT decays more", "method", "memit", "alphaedit").margin_verdict == \
         "not supported"
     decay = all_findings(res)[0]

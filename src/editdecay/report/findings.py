@@ -81,7 +81,7 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
         verdict = _verdict(t, alpha, t.mean_diff > 0)
         evidence = (f"efficacy drop {a} − {b} = {100 * t.mean_diff:+.1f} points over {t.n} paired runs; "
                     f"{t.describe()}; {w.describe()}")
-        return Finding(claim, verdict, evidence, [t, w])
+        return _with_margin(Finding(claim, verdict, evidence, [t, w]), res, pairs, a, b, alpha)
     flips_a: list[bool] = []
     flips_b: list[bool] = []
     for x, y in pairs:
