@@ -368,7 +368,8 @@ def test_cli_contract(grid_store, tmp_path, capsys):
     assert main(["report", str(store), "--format", "text"]) == 0
     text = capsys.readouterr().out
     for title in ("Edit metrics before and after fine-tuning", "Relative decrease by ft type",
-                  "Edit Flip Ratio and emergent edits", "Selective-layer fine-tuning", "[supported]"):
+                  "Edit Flip Ratio and emergent edits", "Edit categories", "Selective-layer fine-tuning",
+                  "[supported]"):
         assert title in text
     assert main(["report", str(tmp_path / "nope.db"), "--format", "text"]) == 1
     assert "results store not found" in capsys.readouterr().err

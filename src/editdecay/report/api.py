@@ -14,7 +14,7 @@ from editdecay.report.load import Results, load_results
 from editdecay.util.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MAIN_TABLES = ("side_by_side", "edit_metrics", "relative_decrease_by_ft_type", "relative_decrease_by_model", "efr",
-               "selective_layers")
+               "categories", "selective_layers")
 
 
 def _overview(res: Results) -> list[tuple[str, str]]:
