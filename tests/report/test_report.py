@@ -353,6 +353,12 @@ def test_unfinished_evaluations_are_left_out(tmp_path):
     run = [r for r in res.runs if r.run_id == "run001"][0]
     assert res.eval_id(run, "M_ed_ft") is None and res.eval_id(run, "M_ed") is not None
     assert any("not finished" in n for n in res.notes)
+    # a reader of a grid in progress is told so at the top of every format, not only in the notes
+    from editdecay.report.api import build_report, report_text
+    from editdecay.report.render import render_markdown
+    head = "runs: 2, of which 1 finished: a grid still running or cut short"
+    assert head in report_text(res).split("[")[0]
+    assert head.replace("runs:", "**runs**:") in render_markdown(build_report(res, with_figures=False)).split("##")[0]
 
 
 def test_cli_contract(grid_store, tmp_path, capsys):

@@ -21,7 +21,11 @@ def _overview(res: Results) -> list[tuple[str, str]]:
     def values(attr: str) -> str:
         return ", ".join(sorted({str(getattr(r, attr)) for r in res.runs})) or "–"
 
-    return [("store", res.path), ("runs", str(len(res.runs))), ("models", values("model")),
+    finished = sum(r.status == "done" for r in res.runs)
+    runs = str(len(res.runs)) if finished == len(res.runs) else (
+        f"{len(res.runs)}, of which {finished} finished: a grid still running or cut short, so every finding and "
+        "table rests on the evaluations completed so far")
+    return [("store", res.path), ("runs", runs), ("models", values("model")),
             ("methods", values("method")), ("edit data", values("edit_data")), ("#edits", values("n_edits")),
             ("fine-tuning", values("ft_type")), ("layer selections", values("layer_selection")),
             ("fine-tuning data", values("ft_data")), ("seeds", values("seed"))]

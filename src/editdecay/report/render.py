@@ -269,6 +269,7 @@ def table_text(table: Table, max_width: int = 40) -> str:
 def render_text(report: Report, table_names: tuple[str, ...] | None = None) -> str:
     out = [_clean(report.title), ""]
     out += [_clean(f"{name}: {text}") + "\n" for name, text in report.about]
+    out += [_clean(f"runs: {text}") + "\n" for name, text in report.overview if name == "runs" and "," in text]
     out += [f"[{f.verdict}] {_clean(f.claim)}\n    {_clean(f.evidence)}\n    on ES magnitude: "
             f"[{f.margin_verdict}] {_clean(f.margin_evidence)}" for f in report.findings]
     for table in report.tables:
