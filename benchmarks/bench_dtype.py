@@ -41,12 +41,11 @@ def _maxrss_mb() -> float:
 
 
 def _cpu() -> dict:
-    """The CPU model and whether it lacks native bfloat16 (then its bf16 matrix products are emulated: slow)."""
+    """The machine, and whether its CPU lacks native bfloat16 (then its bf16 matrix products are emulated: slow)."""
     from editdecay.models.device import emulated_half_precision
+    from editdecay.util.env import machine_info
 
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return {"cpu_model": model or platform.processor(), "bf16_emulated": emulated_half_precision("bfloat16")}
+    return {**machine_info(), "bf16_emulated": emulated_half_precision("bfloat16")}
 
 
 def _cpu_s() -> float:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from editdecay.util.env import machine_info
+
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "demo-v1.yaml"
 OUT = ROOT / "benchmarks" / "results" / "bench_grid.json"
@@ -125,20 +127,11 @@ def main() -> int:
            "disk_ratio_after_over_before": a["work_bytes"] / b["work_bytes"],
            "metrics_compared": compared, "metrics_only_before": only_before, "metrics_only_after": only_after,
            "max_abs_metric_difference": max(metric_diffs) if metric_diffs else None,
-           "machine": machine(), "note": args.note, "loadavg_after": os.getloadavg()}
+           "machine": machine_info(), "note": args.note, "loadavg_after": os.getloadavg()}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return 0
-
-
-def machine() -> dict:
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu_model": cpu, "cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE")
-                                                                        * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 if __name__ == "__main__":
