@@ -38,6 +38,7 @@ TRAJECTORY = "trajectory.json"  # fine-tune folder with tracking: [{"step", "eff
 REEDIT_DELTAS = "preserve_reedit_deltas.safetensors"  # fine-tune folder, preserve_strategy=reedit: the re-edit
 MARKER = "_stage.json"  # grid stage folder: written last, once the stage is finished
 EVALUATION = "evaluation.json"  # grid evaluate stage: the evaluation JSON
+LAYER_CHANGE = "layer_change.json"  # grid fine-tune of an edited model: per-layer weight change, fine-tune and edit
 FINETUNE_FORMS = ("model", "adapter")  # a fine-tune manifest's "form": merged weights beside it, or adapter only
 
 

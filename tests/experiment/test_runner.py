@@ -283,6 +283,36 @@ def test_one_runner_per_workdir(tmp_path):
                 pass
 
 
+def test_each_edited_fine_tune_stores_where_it_and_its_edit_changed_the_weights(reference):
+    """Measured in the stage, while the weights exist (a full fine-tune's are dropped after its evaluation): the
+    tiny grid fine-tunes only the edited layers 1 and 2, so those change and no other layer does; the LoRA
+    fine-tune's numbers equal the analysis run by hand on its artifacts."""
+    from editdecay.analyze.weights import edit_change, finetune_change
+
+    store, work = reference["store"], reference["work"]
+    con = sqlite3.connect(store)
+    pairs = con.execute("SELECT DISTINCT s.stage_id, json_extract(s.deps_json, '$.model'), r.ft_type FROM runs r "
+                        "JOIN run_stages rs USING (run_id) JOIN stages s ON s.stage_id = rs.stage_id "
+                        "WHERE rs.role = 'finetune_edit'").fetchall()
+    rows = {}
+    for sid, layer, change, edited, against in con.execute("SELECT * FROM layer_change"):
+        rows.setdefault(sid, {})[layer] = (change, edited, against)
+    con.close()
+    assert len(pairs) == 4  # two methods x LoRA and full
+    for ft_id, edit_id, ft_type in pairs:
+        ft, edit = rows[ft_id], rows[edit_id]
+        assert {against for _, _, against in ft.values()} == {edit_id}
+        assert {layer for layer, (change, _, _) in ft.items() if change > 0} == {1, 2}
+        assert all(change == 0.0 for layer, (change, _, _) in ft.items() if layer not in (1, 2))
+        assert {layer: flag for layer, (_, flag, _) in edit.items()} == {1: 1, 2: 1}
+        edit_dir = work / "stages" / "edit" / edit_id
+        by_hand, _ = edit_change(edit_dir)
+        assert {layer: change for layer, (change, _, _) in edit.items()} == pytest.approx(by_hand, rel=1e-9)
+        if ft_type == "lora":
+            expect = finetune_change(edit_dir, work / "stages" / "finetune" / ft_id)
+            assert {layer: change for layer, (change, _, _) in ft.items()} == pytest.approx(expect, rel=1e-9)
+
+
 def test_full_finetune_weights_are_dropped_and_recomputed_only_when_an_evaluation_needs_them(tmp_path):
     """A full fine-tune not kept by the grid is evaluated, then its model copy is deleted; a later run
     recomputes it only because one of its evaluations went missing, and gets the same numbers."""

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from editdecay.artifacts import EVALUATION, MARKER, read_trajectory, write_marker
+from editdecay.artifacts import EVALUATION, LAYER_CHANGE, MARKER, read_trajectory, write_marker
 from editdecay.errors import ConfigError, DataError
 from editdecay.experiment.plan import StageSpec
 from editdecay.experiment.stages import (
@@ -114,9 +114,11 @@ def execute_stage(spec_dict: dict[str, Any], inputs: dict[str, str], artifact: s
             hf_logging.enable_progress_bar()
 
 
-def read_outputs(kind: str, artifact: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-    """(evaluation dict, trajectory list) that the store ingests from a finished artifact."""
-    evaluation = trajectory = None
+def read_outputs(kind: str, artifact: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None,
+                                                  dict[str, Any] | None]:
+    """(evaluation dict, trajectory list, per-layer weight change) that the store ingests from a finished
+    artifact; the layer change only from fine-tunes of an edited model that measured it."""
+    evaluation = trajectory = layer_change = None
     if kind == "evaluate":
         path = artifact / EVALUATION
         if not path.exists():
@@ -124,7 +126,23 @@ def read_outputs(kind: str, artifact: Path) -> tuple[dict[str, Any] | None, list
         evaluation = read_json(path)
     elif kind == "finetune":
         trajectory = read_trajectory(artifact)
-    return evaluation, trajectory
+        if (artifact / LAYER_CHANGE).exists():
+            layer_change = read_layer_change(artifact / LAYER_CHANGE)
+    return evaluation, trajectory, layer_change
+
+
+def read_layer_change(path: Path) -> dict[str, Any]:
+    """``layer_change.json`` with its layer keys as integers, or a DataError naming the field."""
+    try:
+        raw = read_json(path)
+        return {"finetune": {int(k): v for k, v in raw["finetune"].items()},
+                "edit": {int(k): v for k, v in raw["edit"].items()},
+                "edited_layers": [int(layer) for layer in raw["edited_layers"]]}
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not valid JSON ({exc})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(str(path), f"expected 'finetune' and 'edit' ({{layer: change}}) and 'edited_layers' "
+                        f"([layer, ...]); problem at {exc}") from None
 
 
 def log(message: str) -> None:

@@ -242,9 +242,12 @@ def _recompute_missing(plan: Plan, db: Store, artifacts: dict[str, Path], status
 
 
 def _finish(db: Store, spec: StageSpec, artifact: Path, outcome: dict[str, Any], adopted: bool = False) -> None:
-    evaluation, trajectory = read_outputs(spec.kind, artifact)
+    evaluation, trajectory, layer_change = read_outputs(spec.kind, artifact)
+    if layer_change is not None:  # measured against the model the fine-tune started from: the edit stage's
+        layer_change["against"] = spec.deps["model"]
     db.mark_done(spec.stage_id, spec.kind, artifact, outcome.get("seconds"), outcome.get("versions") or {},
-                 evaluation=evaluation, trajectory=trajectory, adopted=adopted, cpu_seconds=outcome.get("cpu_seconds"))
+                 evaluation=evaluation, trajectory=trajectory, adopted=adopted, cpu_seconds=outcome.get("cpu_seconds"),
+                 layer_change=layer_change)
 
 
 def _execute(plan: Plan, db: Store, engine: Backend, artifacts: dict[str, Path], status: dict[str, str],

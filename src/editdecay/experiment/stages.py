@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editdecay.artifacts import ADAPTER, DELTAS, EVALUATION, MANIFEST, MODEL_CONFIG, marker_model
+from editdecay.artifacts import (
+    ADAPTER,
+    DELTAS,
+    EVALUATION,
+    LAYER_CHANGE,
+    MANIFEST,
+    MODEL_CONFIG,
+    marker_model,
+)
 from editdecay.errors import DataError
 from editdecay.experiment.facts import TINY_PREFIX
 from editdecay.experiment.plan import StageSpec
@@ -158,7 +166,26 @@ def run_finetune(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: S
     preserve = inputs["model"] if cfg["finetune"].get("preserve_strategy", "none") != "none" else None
     finetune(source, cfg["finetune"], out_dir, track_edits=track, progress=ctx.progress, adapter_only=adapter_only,
              preserve_edits=preserve, dtype=cfg.get("dtype"), start_cache=ctx.workdir / "tracking" if track else None)
+    if track is not None and not (out_dir / LAYER_CHANGE).exists():
+        write_layer_change(track, out_dir)
     return {"model": "."}
+
+
+def write_layer_change(edit_dir: Path, ft_dir: Path) -> None:
+    """Where the fine-tune changed the weights (‖W_ft − W_ed‖/‖W_ed‖ per layer) beside where the edit wrote
+    (‖ΔW‖/‖W‖), measured while both are on disk: a full fine-tune's weights are dropped once it is evaluated,
+    and adapters do not outlive the machine, so ``editdecay analyze layer-change`` could not measure it later.
+    The runner stores it with the stage's other numbers."""
+    import math
+
+    from editdecay.analyze.weights import edit_change, finetune_change
+
+    def finite(change: dict[int, float]) -> dict[str, float | None]:
+        return {str(layer): value if math.isfinite(value) else None for layer, value in sorted(change.items())}
+
+    edit, edited = edit_change(edit_dir)
+    atomic_write_json(ft_dir / LAYER_CHANGE, {"finetune": finite(finetune_change(edit_dir, ft_dir)),
+                                              "edit": finite(edit), "edited_layers": sorted(edited)})
 
 
 def run_evaluate(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:

@@ -189,8 +189,10 @@ class Store:
     def mark_done(self, stage_id: str, kind: str, artifact: str | os.PathLike, seconds: float | None,
                   versions: dict[str, Any], evaluation: dict[str, Any] | None = None,
                   trajectory: list[dict[str, Any]] | None = None, adopted: bool = False,
-                  cpu_seconds: float | None = None) -> None:
+                  cpu_seconds: float | None = None, layer_change: dict[str, Any] | None = None) -> None:
         """Ingest a finished stage's numbers and mark it done: one transaction, so both or neither happen.
+        ``layer_change`` (a fine-tune of an edited model): its per-layer change against the edit stage named by
+        ``against``, and that edit's own per-layer change (``edit``, ``edited_layers``).
 
         ``seconds`` is wall time (it grows with the machine's load); ``cpu_seconds`` the CPU time of the process
         that ran the stage, user + system over all its threads (what the stage cost, whatever else ran)."""
@@ -200,6 +202,10 @@ class Store:
                 self._ingest_evaluation(c, stage_id, evaluation)
             if trajectory is not None:
                 self._ingest_trajectory(c, stage_id, trajectory)
+            if layer_change is not None:
+                against = layer_change["against"]
+                self._ingest_layer_change(c, against, layer_change["edit"], edited=layer_change["edited_layers"])
+                self._ingest_layer_change(c, stage_id, layer_change["finetune"], against=against)
             c.execute(
                 "UPDATE stages SET status='done', error=NULL, artifact=?, finished_at=?, seconds=?, versions_json=?,"
                 " adopted=?, started_at=COALESCE(started_at, ?), cpu_seconds=? WHERE stage_id=?",
@@ -296,14 +302,17 @@ class Store:
                          against: str | None = None) -> None:
         """One stage's per-layer relative weight change (an edit's: ``edited`` flags its layers; a fine-tune's:
         ``against`` names the stage of the model it is compared with)."""
-        layers = sorted(set(change) | set(edited or []))
         with self.transaction() as c:
-            c.execute("DELETE FROM layer_change WHERE stage_id = ?", (stage_id,))
-            for layer in layers:
-                flag = None if edited is None else int(layer in edited)
-                c.execute("INSERT INTO layer_change VALUES (?, ?, ?, ?, ?)",
-                          (stage_id, int(layer), _num(change.get(layer)), flag, against))
-            self._note(c, "layer_change", stage_id, "done", None)
+            self._ingest_layer_change(c, stage_id, change, edited, against)
+
+    def _ingest_layer_change(self, c: sqlite3.Connection, stage_id: str, change: dict[int, float | None],
+                             edited: list[int] | None = None, against: str | None = None) -> None:
+        c.execute("DELETE FROM layer_change WHERE stage_id = ?", (stage_id,))
+        for layer in sorted(set(change) | set(edited or [])):
+            flag = None if edited is None else int(layer in edited)
+            c.execute("INSERT INTO layer_change VALUES (?, ?, ?, ?, ?)",
+                      (stage_id, int(layer), _num(change.get(layer)), flag, against))
+        self._note(c, "layer_change", stage_id, "done", None)
 
     def put_target_frequency(self, ft_data: str, counts: dict[str, int]) -> None:
         with self.transaction() as c:
