@@ -269,19 +269,39 @@ def stored_layer_change(res: Results, run: Run) -> tuple[dict[int, float], dict[
     return ft_change, edit_change, edited or sorted(edit_change)
 
 
-def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figure], list[str]]:
-    """One panel per (model, method, ft type, layer selection) whose weight change the store holds."""
-    notes: list[str] = []
-    chosen: dict[tuple[str, str, str, str], tuple[dict[int, float], dict[int, float], list[int]]] = {}
+LayerChange = tuple[dict[int, float], dict[int, float], list[int]]
+SELECTION_ORDER = {"all": 0, "edited": 1, "non-edited": 2}
+
+
+def layer_change_panels(res: Results, max_figures: int = 4) -> tuple[list[tuple[tuple, LayerChange]], list[Run], int]:
+    """(the panels to draw: (model, method, ft type, layers) and its stored change; the configurations without
+    one; how many have one). The (model, method, ft type) fine-tuned under the most layer selections comes first,
+    its selections side by side (all, edited, non-edited): where each selection changed the weights against where
+    the edit wrote is what the figure is for."""
+    chosen: dict[tuple, LayerChange] = {}
+    selection: dict[tuple, str] = {}
     missing: list[Run] = []
     for key, runs in group_runs(res.runs, ("model", "method", "ft_type", "layers")).items():
         for run in runs:
             change = stored_layer_change(res, run)
             if change is not None:
-                chosen[key] = change
+                chosen[key], selection[key] = change, run.layer_selection
                 break
         else:
             missing.append(runs[0])
+    by_setting: dict[tuple, list[tuple]] = {}
+    for key in chosen:  # group_runs' sorted order; ties between settings keep it
+        by_setting.setdefault(key[:3], []).append(key)
+    settings = sorted(by_setting, key=lambda s: -len(by_setting[s]))
+    keys = [k for s in settings for k in sorted(by_setting[s], key=lambda k: SELECTION_ORDER.get(selection[k], 3))]
+    return [(k, chosen[k]) for k in keys[:max_figures]], missing, len(chosen)
+
+
+def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figure], list[str]]:
+    """One panel per (model, method, ft type, layer selection) whose weight change the store holds (at most
+    ``max_figures``, chosen by :func:`layer_change_panels`)."""
+    notes: list[str] = []
+    items, missing, n_chosen = layer_change_panels(res, max_figures)
     if missing:
         failed = []
         for run in missing:
@@ -293,12 +313,12 @@ def layer_change_figures(res: Results, max_figures: int = 4) -> tuple[list[Figur
         notes.append(f"Per-layer weight change: {len(missing)} configuration(s) have none in the store, so they are "
                      f"not shown (`editdecay analyze layer-change --store {res.path}` computes it from the edit and "
                      f"fine-tune artifacts on disk){why}.")
-    if not chosen:
+    if not items:
         return [], notes
-    if len(chosen) > max_figures:
-        notes.append(f"Per-layer weight change: showing the first {max_figures} of {len(chosen)} configurations.")
+    if n_chosen > max_figures:
+        notes.append(f"Per-layer weight change: showing {max_figures} of {n_chosen} configurations, those of the "
+                     "model, method and fine-tuning type with the most layer selections first.")
     plt = _plt()
-    items = list(chosen.items())[:max_figures]
     fig, axes = plt.subplots(len(items), 1, figsize=(7.5, 2.4 * len(items)), squeeze=False, layout="constrained")
     for ax, (key, (ft_change, edit_change, edited)) in zip(axes[:, 0], items, strict=True):
         layers = sorted(ft_change)
