@@ -118,7 +118,7 @@ def test_shift_into_the_store_equals_the_folder_analysis(shift_store):
     assert [r["layer"] for r in table.rows] == [1, 2]
 
 
-def test_layer_change_into_the_store_and_from_a_deltas_only_edit(shift_store):
+def test_layer_change_into_the_store_and_from_a_deltas_only_edit(shift_store, capsys):
     from editdecay.analyze.weights import edit_change, finetune_change
     from editdecay.cli import main
     from editdecay.report.load import load_results
@@ -134,6 +134,10 @@ def test_layer_change_into_the_store_and_from_a_deltas_only_edit(shift_store):
     small, small_layers = edit_change(root / "small")
     assert small_layers == [1] and small[1] == pytest.approx(edit[1], rel=1e-5)
     assert finetune_change(root / "small", root / "ft") == pytest.approx(ft_change, rel=1e-4, abs=1e-7)
+    capsys.readouterr()
+    assert main(["analyze", "layer-change", "--store", str(store)]) == 0  # measured once: not computed again
+    assert "already in the store" in capsys.readouterr().out
+    assert stored_layer_change(load_results(store), res.runs[0])[0] == ft_change
 
 
 def test_frequency_counts_and_an_unreadable_corpus_are_stored_and_quoted(tmp_path):

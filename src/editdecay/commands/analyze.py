@@ -177,10 +177,21 @@ def layer_change_into(store_path: str | os.PathLike, every_run: bool = False) ->
                     model_folder(ft["artifact"] if ft else None, store_path))
 
         done_edits: set[str] = set()
-        for run in _chosen_runs(store, every_run, lambda r: all(folders(r)[2:])):
-            edit, ft, edit_dir, ft_dir = folders(run)
+        # a grid's fine-tunes of an edited model measure it in their stage: never computed twice
+        measured = {r["stage_id"] for r in store.query("SELECT DISTINCT stage_id FROM layer_change")}
+
+        def has(run: dict[str, Any]) -> bool:
+            ft = _stage(run, "finetune", edited=True)
+            return (ft is not None and ft["stage_id"] in measured) or all(folders(run)[2:])
+
+        for run in _chosen_runs(store, every_run, has):
+            ft = _stage(run, "finetune", edited=True)
             if ft is None:
                 continue
+            if ft["stage_id"] in measured:
+                lines.append(f"layer change: {ft['stage_id']} (already in the store, measured by its stage)")
+                continue
+            edit, ft, edit_dir, ft_dir = folders(run)
             if edit is None or edit_dir is None or ft_dir is None:
                 what = "edit" if edit_dir is None else "fine-tune"
                 note = f"the {what} artifacts of run {run['run_id']} are not on disk{DROPPED}"
