@@ -447,6 +447,7 @@ def test_each_claim_is_also_judged_on_the_es_magnitude_margin(tmp_path, seeds):
     res = load_results(store)
     more = compare_conditions(res, "AlphaEdit decays more", "method", "alphaedit", "memit")
     assert ("McNemar" in more.evidence) == (len(seeds) < 3)
+    assert len(seeds) >= 3 or "paired runs with both evaluations (1 of 1 pairs)" in more.evidence
     assert more.margin_verdict == "supported"
     assert f"over {N_RECORDS * len(seeds)} paired edits" in more.margin_evidence and "(+5.0)" in more.margin_evidence
     assert compare_conditions(res, "MEMIT decays more", "method", "memit", "alphaedit").margin_verdict == \

@@ -97,7 +97,8 @@ def compare_conditions(res: Results, claim: str, factor: str, a: str, b: str, al
     m = stats.mcnemar_exact(flips_a, flips_b)
     # the McNemar effect here is (flipped under a only − flipped under b only) / n: positive = a removes more
     verdict = _verdict(m, alpha, m.effect > 0)
-    evidence = (f"fewer than {min_pairs} paired runs ({len(pairs)}), so per edit: of {m.n} edits successful under "
+    evidence = (f"fewer than {min_pairs} paired runs with both evaluations ({len(complete)} of {len(pairs)} pairs), "
+                f"so per edit: of {m.n} edits successful under "
                 f"both before fine-tuning, flip rate {a} {100 * sum(flips_a) / m.n:.1f}% vs {b} "
                 f"{100 * sum(flips_b) / m.n:.1f}%; {m.describe()}")
     return _with_margin(Finding(claim, verdict, evidence, [m]), res, pairs, a, b, alpha)
