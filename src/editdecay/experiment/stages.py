@@ -135,8 +135,10 @@ def run_targets(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: St
 def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: StageContext) -> dict[str, Any]:
     """Edit the base model with the run's records; the artifact is the edit folder: deltas + manifest (and the
     model copy only when the grid keeps edit models). Its target values come from the targets stage's pool."""
+    import warnings
+
     from editdecay.edit.api import edit_to_folder
-    from editdecay.edit.stats import StatsCache
+    from editdecay.edit.stats import StatsCache, StatsWarning
     from editdecay.edit.targets_cache import TargetCache
 
     cfg = spec.config
@@ -144,10 +146,12 @@ def run_edit(spec: StageSpec, inputs: dict[str, Path], out_dir: Path, ctx: Stage
     if (out_dir / MANIFEST).exists() and (out_dir / DELTAS).exists() and (not keep or (out_dir / MODEL_CONFIG).exists()):
         return {"model": ".", "reused": True}
     z_cache = TargetCache(target_pool(ctx)) if "targets" in inputs else False
-    result = edit_to_folder(marker_model(inputs["model"]), _records(spec), out_dir, cfg["method"],
-                            hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
-                            progress=ctx.progress, records_source=cfg["edit_data"], targets_cache=z_cache,
-                            deltas_only=not keep, overwrite=True, dtype=cfg.get("dtype"))
+    with warnings.catch_warnings():  # the statistics stage this edit reads said it once; its manifest keeps it
+        warnings.simplefilter("ignore", StatsWarning)
+        result = edit_to_folder(marker_model(inputs["model"]), _records(spec), out_dir, cfg["method"],
+                                hparams=cfg["hparams"], stats_cache=StatsCache(inputs["stats"]), seed=cfg["seed"],
+                                progress=ctx.progress, records_source=cfg["edit_data"], targets_cache=z_cache,
+                                deltas_only=not keep, overwrite=True, dtype=cfg.get("dtype"))
     return {"model": ".", "stats_id": result.stats_id}
 
 

@@ -1,0 +1,30 @@
+"""What a grid prints once: the statistics stage's warning about too few tokens per key dimension is not repeated
+by every edit stage that reads those statistics (their manifests still record it)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import yaml
+from helpers import ROOT
+
+from editdecay.edit.stats import StatsWarning
+from editdecay.experiment.runner import run_grid
+
+
+def test_low_token_statistics_warn_once_per_statistics_stage(tmp_path):
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw.update(ft_types=["lora"])  # both methods: two edit stages read one statistics stage
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(raw))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_grid(grid, tmp_path / "r.db", workdir=tmp_path / "work", progress=False)
+    assert result.runs == {"done": 2}
+    low = [w for w in caught if issubclass(w.category, StatsWarning) and "tokens per dimension" in str(w.message)]
+    assert len(low) == 1
+    manifests = sorted((tmp_path / "work" / "stages" / "edit").glob("*/manifest.json"))
+    assert len(manifests) == 2
+    for path in manifests:
+        assert json.loads(path.read_text())["statistics"]["tokens_per_dim"] < 100
