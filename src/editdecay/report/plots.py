@@ -99,40 +99,45 @@ METHOD_STYLES = ("-", "--", ":", "-.")
 
 
 def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
-    """Efficacy (or its magnitude P(new) − P(true)) over fine-tuning steps: a panel per model × ft type, a line
-    per method × layer selection. The magnitude shows decay that has not yet flipped any edit."""
+    """Efficacy (or its magnitude P(new) − P(true)) over fine-tuning steps: a row per model, edit data and count
+    and fine-tuning data (the means of different edit sets are never pooled), a column per ft type, a line per
+    method × layer selection. The magnitude shows decay that has not yet flipped any edit."""
     magnitude = metric.endswith("_magnitude")
     name = "trajectories" if metric == "efficacy" else f"trajectories_{metric}"
     title = "Decay over fine-tuning steps" + (" (ES magnitude)" if magnitude else "")
-    lines: dict[tuple[str, str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    lines: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in res.runs:
         stage = res.edited_ft_stage(run)
         points = res.trajectories.get(stage.stage_id, []) if stage else []
         for p in points:
             if metric in p and not math.isnan(p[metric]):
-                key = (run.model, run.ft_type, run.method, run.layer_selection)
-                lines[key][int(p["step"])].append(p[metric])
+                setting = (run.model, run.edit_data, run.n_edits, run.ft_data)
+                lines[(setting, run.ft_type, run.method, run.layer_selection)][int(p["step"])].append(p[metric])
     if not lines:
         return Skipped(name, title, f"no fine-tuning stage of an edited model recorded a {metric} trajectory")
     plt = _plt()
-    models = sorted({k[0] for k in lines})
+    settings = sorted({k[0] for k in lines}, key=lambda t: tuple(str(x) for x in t))
     fts = sorted({k[1] for k in lines})
     methods = sorted({k[2] for k in lines})
-    fig, axes = plt.subplots(len(models), len(fts), figsize=(3.6 * len(fts) + 1.5, 2.8 * len(models)), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
-    for (model, ft, method, layers), steps in sorted(lines.items()):
-        ax = axes[models.index(model)][fts.index(ft)]
+    fig, axes = plt.subplots(len(settings), len(fts), figsize=(3.6 * len(fts) + 1.5, 2.8 * len(settings)),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")
+    for (setting, ft, method, layers), steps in sorted(lines.items(), key=lambda kv: str(kv[0])):
+        ax = axes[settings.index(setting)][fts.index(ft)]
         xs = sorted(steps)
         ax.plot(xs, [100.0 * float(np.mean(steps[s])) for s in xs], marker="os^D"[methods.index(method) % 4], ms=3,
                 color=LAYER_COLORS.get(layers, "tab:purple"), ls=METHOD_STYLES[methods.index(method) % 4],
                 label=f"{method}, {layers} layers")
-    for i, model in enumerate(models):
+    drawn = {(k[0], k[1]) for k in lines}
+    for i, (model, edit_data, n_edits, ft_data) in enumerate(settings):
         for j, ft in enumerate(fts):
             ax = axes[i][j]
-            ax.set_title(f"{model} / {ft}", fontsize=9)
+            ax.set_title(f"{model} / {edit_data} {n_edits} / {ft} on {ft_data}", fontsize=8)
+            if (settings[i], ft) not in drawn:  # no such run: say so rather than draw an empty frame
+                ax.text(0.5, 0.5, "not in this grid", ha="center", va="center", transform=ax.transAxes,
+                        fontsize=8, color="0.5")
             if not magnitude:
                 ax.set_ylim(-2, 102)
-            if i == len(models) - 1:
+            if i == len(settings) - 1:
                 ax.set_xlabel("fine-tuning step")
             if j == 0:
                 ax.set_ylabel(f"{metric.replace('_', ' ')} " + ("(points)" if magnitude else "%"))
@@ -144,8 +149,9 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
     fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
     what = ("ES magnitude P(new) − P(true) × 100, mean over the tracked edits" if magnitude
             else f"{metric.capitalize()} of the tracked edits")
-    return Figure(name, title, f"{what} during fine-tuning, mean over seeds; colour: layer selection, line style: "
-                  "editing method.", _png(fig))
+    return Figure(name, title, f"{what} during fine-tuning, mean over seeds; a row per model, edit data and number "
+                  "of edits and fine-tuning data, a column per fine-tuning type; colour: layer selection, line "
+                  "style: editing method.", _png(fig))
 
 
 FT_MARKERS = ("o", "s", "^", "D", "v", "P")
