@@ -290,28 +290,6 @@ def test_relative_artifact_paths_resolve_from_the_store_folder(tmp_path, tiny_to
     assert len(figures) == 1 and not notes
 
 
-def test_weight_change_panels_put_one_settings_layer_selections_side_by_side(tmp_path):
-    """With more configurations than panels, the (model, method, ft type) fine-tuned under the most layer
-    selections is drawn first, all / edited / non-edited in that order, and the note says what was left out."""
-    from editdecay.experiment.store import Store
-    from editdecay.report.load import load_results
-    from editdecay.report.plots import layer_change_figures, layer_change_panels
-
-    store = build_store(tmp_path / "lc.db", seeds=(0,), models=MODELS[:1])
-    res = load_results(store)
-    with Store(store) as db:
-        for run in res.runs:
-            if run.layer_selection == "all" or (run.method, run.ft_type) == ("alphaedit", "full"):
-                db.put_layer_change(res.edited_ft_stage(run).stage_id, {0: 0.01, 1: 0.02, 2: 0.03})
-    res = load_results(store)
-    panels, missing, n = layer_change_panels(res, max_figures=3)
-    assert [key[1:] for key, _ in panels] == [("alphaedit", "full", "all"), ("alphaedit", "full", "edited"),
-                                             ("alphaedit", "full", "non-edited")]
-    assert n == len(METHODS) * len(FT_TYPES) + 2 and len(missing) == len(res.runs) - n
-    figures, notes = layer_change_figures(res, max_figures=3)
-    assert len(figures) == 1 and any(f"showing 3 of {n} configurations" in note for note in notes)
-
-
 def test_survival_frequency_counts_whole_words():
     from editdecay.analyze.frequency import phrase_counts
 

@@ -98,6 +98,19 @@ LAYER_COLORS = {"all": "tab:blue", "edited": "tab:red", "non-edited": "tab:green
 METHOD_STYLES = ("-", "--", ":", "-.")
 
 
+def trajectory_lines(res: Results, metric: str) -> dict[tuple, dict[int, list[float]]]:
+    """((model, edit data, #edits, ft data), ft type, method, layer selection) -> step -> the values of the runs
+    (one per seed) at that step: the lines of :func:`trajectories`."""
+    lines: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in res.runs:
+        stage = res.edited_ft_stage(run)
+        for p in res.trajectories.get(stage.stage_id, []) if stage else []:
+            if metric in p and not math.isnan(p[metric]):
+                setting = (run.model, run.edit_data, run.n_edits, run.ft_data)
+                lines[(setting, run.ft_type, run.method, run.layer_selection)][int(p["step"])].append(p[metric])
+    return lines
+
+
 def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
     """Efficacy (or its magnitude P(new) − P(true)) over fine-tuning steps: a row per model, edit data and count
     and fine-tuning data (the means of different edit sets are never pooled), a column per ft type, a line per
@@ -105,14 +118,7 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
     magnitude = metric.endswith("_magnitude")
     name = "trajectories" if metric == "efficacy" else f"trajectories_{metric}"
     title = "Decay over fine-tuning steps" + (" (ES magnitude)" if magnitude else "")
-    lines: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in res.runs:
-        stage = res.edited_ft_stage(run)
-        points = res.trajectories.get(stage.stage_id, []) if stage else []
-        for p in points:
-            if metric in p and not math.isnan(p[metric]):
-                setting = (run.model, run.edit_data, run.n_edits, run.ft_data)
-                lines[(setting, run.ft_type, run.method, run.layer_selection)][int(p["step"])].append(p[metric])
+    lines = trajectory_lines(res, metric)
     if not lines:
         return Skipped(name, title, f"no fine-tuning stage of an edited model recorded a {metric} trajectory")
     plt = _plt()
