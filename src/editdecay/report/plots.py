@@ -56,28 +56,40 @@ def _full_layer_runs(res: Results) -> list[Run]:
     return [r for r in res.runs if r.layer_selection == "all"] or list(res.runs)
 
 
-def survival_heatmap(res: Results) -> Figure | Skipped:
-    """Mean ES survival (1 − EFR) per method × fine-tuning type, one panel per model."""
-    title = "Edit survival by method and fine-tuning type"
-    runs = _full_layer_runs(res)
-    cells: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for run in runs:
+def survival_cells(res: Results) -> dict[tuple[tuple, str, str], list[float]]:
+    """((model, edit data, #edits, ft data), method, ft type) -> ES survival of each full-layer run (one per seed):
+    the cells of :func:`survival_heatmap`."""
+    cells: dict[tuple[tuple, str, str], list[float]] = defaultdict(list)
+    for run in _full_layer_runs(res):
         d = run_decay(res, run, "efficacy")
         if d is not None and not math.isnan(d.survival):
-            cells[(run.model, run.method, run.ft_type)].append(d.survival)
+            cells[((run.model, run.edit_data, run.n_edits, run.ft_data), run.method, run.ft_type)].append(d.survival)
+    return cells
+
+
+def survival_heatmap(res: Results, per_row: int = 3) -> Figure | Skipped:
+    """Mean ES survival (1 − EFR) per method × fine-tuning type, one panel per model, edit data and count and
+    fine-tuning data (never pooled across them), ``per_row`` panels to a row."""
+    title = "Edit survival by method and fine-tuning type"
+    cells = survival_cells(res)
     if not cells:
         return Skipped("survival_heatmap", title, "no run has per-edit results for both M_ed and M_ed_ft")
     plt = _plt()
-    models = sorted({k[0] for k in cells})
+    settings = sorted({k[0] for k in cells}, key=lambda t: tuple(str(x) for x in t))
     methods = sorted({k[1] for k in cells})
     fts = sorted({k[2] for k in cells})
-    fig, axes = plt.subplots(1, len(models), figsize=(2.2 + 1.5 * len(fts) * len(models), 1.2 + 0.6 * len(methods)),
+    n_rows, n_cols = -(-len(settings) // per_row), min(per_row, len(settings))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.2 + 1.5 * len(fts) * n_cols, (1.2 + 0.6 * len(methods)) * n_rows),
                              squeeze=False, sharey=True, layout="constrained")
-    for ax, model in zip(axes[0], models, strict=True):
+    for k, ax in enumerate(axes.flat):
+        if k >= len(settings):
+            ax.set_visible(False)
+            continue
+        setting = settings[k]
         grid = np.full((len(methods), len(fts)), np.nan)
         for i, method in enumerate(methods):
             for j, ft in enumerate(fts):
-                vals = cells.get((model, method, ft))
+                vals = cells.get((setting, method, ft))
                 if vals:
                     grid[i, j] = 100.0 * float(np.mean(vals))
         im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", aspect="auto")
@@ -87,11 +99,13 @@ def survival_heatmap(res: Results) -> Figure | Skipped:
                 ax.text(j, i, text, ha="center", va="center", color="white" if grid[i, j] < 60 else "black")
         ax.set_xticks(range(len(fts)), fts)
         ax.set_yticks(range(len(methods)), methods)
-        ax.set_title(model, fontsize=10)
-    fig.colorbar(im, ax=axes[0].tolist(), label="ES survival %")
+        model, edit_data, n_edits, ft_data = setting
+        ax.set_title(f"{model} / {edit_data} {n_edits} / on {ft_data}", fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="ES survival %")
     return Figure("survival_heatmap", title,
                   "Share of successful edits that still succeed after fine-tuning (1 − EFR, efficacy), mean over "
-                  "seeds and settings; full-layer fine-tuning runs.", _png(fig))
+                  "seeds; full-layer fine-tuning runs; a panel per model, edit data and number of edits and "
+                  "fine-tuning data.", _png(fig))
 
 
 LAYER_COLORS = {"all": "tab:blue", "edited": "tab:red", "non-edited": "tab:green"}
