@@ -186,7 +186,8 @@ def tradeoff(res: Results) -> Figure | Skipped:
         ds = (res.downstream_mean(run, "M_ed"), res.downstream_mean(run, "M_ed_ft"))
         if None in es or None in ds:
             continue
-        points[(run.model, run.method, run.ft_type, run.layer_selection)].append(
+        setting = f"{run.model} / {run.edit_data} {run.n_edits} / on {run.ft_data}"  # never pooled across these
+        points[(setting, run.method, run.ft_type, run.layer_selection)].append(
             (100.0 * (ds[0] - ds[1]), 100.0 * (es[0] - es[1])))  # type: ignore[operator]
     if not points:
         return Skipped("tradeoff", title, "no run has efficacy and downstream scores for both M_ed and M_ed_ft")
@@ -211,7 +212,7 @@ def tradeoff(res: Results) -> Figure | Skipped:
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
         ax.set_xlabel("downstream cost (points)")
-        ax.set_title(f"{model} / {method}", fontsize=9)
+        ax.set_title(f"{model} / {method}", fontsize=8)
     for row in axes:
         row[0].set_ylabel("edit removal: ES drop (points)")
     seen: dict[str, Any] = {}
@@ -219,7 +220,8 @@ def tradeoff(res: Results) -> Figure | Skipped:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(lab, h)
     fig.legend(list(seen.values()), list(seen), loc="outside right center", fontsize=7)
-    return Figure("tradeoff", title, "Each point: one fine-tuning type and layer selection, mean over seeds. "
+    return Figure("tradeoff", title, "A panel per model, edit data and number of edits, fine-tuning data and "
+                  "editing method. Each point: one fine-tuning type and layer selection, mean over seeds. "
                   "y: ES(M_ed) − ES(M_ed_ft); x: downstream score(M_ed) − score(M_ed_ft) (positive = ability lost). "
                   "Colour: layer selection; marker: fine-tuning type.", _png(fig))
 
