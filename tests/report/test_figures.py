@@ -32,7 +32,7 @@ def test_weight_change_panels_put_one_settings_layer_selections_side_by_side(tmp
 
 def test_trajectory_lines_never_pool_different_edit_sets_or_fine_tuning_data(tmp_path):
     from editdecay.report.load import load_results
-    from editdecay.report.plots import survival_cells, trajectory_lines
+    from editdecay.report.plots import survival_cells, tradeoff_points, trajectory_lines
 
     store = build_store(tmp_path / "t.db", seeds=(0, 1), models=MODELS[:1], methods=("memit",), ft_types=("lora",),
                         layers=("all",))
@@ -48,3 +48,7 @@ def test_trajectory_lines_never_pool_different_edit_sets_or_fine_tuning_data(tmp
     assert all(len(values) == 1 for steps in lines.values() for values in steps.values())  # one run each
     cells = survival_cells(res)  # the survival heatmap's panels, likewise
     assert {key[0][1:] for key in cells} == settings and all(len(v) == 1 for v in cells.values())
+    points = tradeoff_points(res)  # and the trade-off's
+    assert {key[0] for key in points} == {f"{MODELS[0]} / counterfact {N_RECORDS} / on commonsense",
+                                          f"{MODELS[0]} / zsre {N_RECORDS} / on hotpotqa"}
+    assert all(len(v) == 1 for v in points.values())

@@ -177,18 +177,25 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
 FT_MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
-def tradeoff(res: Results) -> Figure | Skipped:
-    """Edit removal (ES drop) against downstream cost, per fine-tuning type × layer selection."""
-    title = "Edit removal vs downstream cost"
+def tradeoff_points(res: Results) -> dict[tuple[str, str, str, str], list[tuple[float, float]]]:
+    """("model / edit data #edits / on ft data", method, ft type, layer selection) -> (downstream cost, ES drop)
+    in points, one per run (seed): what :func:`tradeoff` draws, never pooled across models or data."""
     points: dict[tuple[str, str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for run in res.runs:
         es = (res.summary(run, "M_ed", "efficacy"), res.summary(run, "M_ed_ft", "efficacy"))
         ds = (res.downstream_mean(run, "M_ed"), res.downstream_mean(run, "M_ed_ft"))
         if None in es or None in ds:
             continue
-        setting = f"{run.model} / {run.edit_data} {run.n_edits} / on {run.ft_data}"  # never pooled across these
+        setting = f"{run.model} / {run.edit_data} {run.n_edits} / on {run.ft_data}"
         points[(setting, run.method, run.ft_type, run.layer_selection)].append(
             (100.0 * (ds[0] - ds[1]), 100.0 * (es[0] - es[1])))  # type: ignore[operator]
+    return points
+
+
+def tradeoff(res: Results) -> Figure | Skipped:
+    """Edit removal (ES drop) against downstream cost, per fine-tuning type × layer selection."""
+    title = "Edit removal vs downstream cost"
+    points = tradeoff_points(res)
     if not points:
         return Skipped("tradeoff", title, "no run has efficacy and downstream scores for both M_ed and M_ed_ft")
     plt = _plt()
