@@ -118,6 +118,19 @@ def test_shift_into_the_store_equals_the_folder_analysis(shift_store):
     assert [r["layer"] for r in table.rows] == [1, 2]
 
 
+def test_a_deltas_only_edit_is_read_lazily_with_the_materialised_numbers(shift_store, monkeypatch):
+    """W_base + ΔW per tensor, read from the base's files, gives what loading the edited model gives."""
+    import editdecay.analyze.weights as weights
+
+    _, root = shift_store
+    assert weights._readable_base(root / "small") is not None
+    lazy = (weights.edit_change(root / "small"), weights.finetune_change(root / "small", root / "ft"))
+    monkeypatch.setattr(weights, "_readable_base", lambda folder: None)  # force materialising the edited model
+    loaded = (weights.edit_change(root / "small"), weights.finetune_change(root / "small", root / "ft"))
+    assert lazy[0][1] == loaded[0][1] and lazy[0][0] == pytest.approx(loaded[0][0], rel=1e-6)
+    assert lazy[1] == pytest.approx(loaded[1], rel=1e-6, abs=1e-9)
+
+
 def test_layer_change_into_the_store_and_from_a_deltas_only_edit(shift_store, capsys):
     from editdecay.analyze.weights import edit_change, finetune_change
     from editdecay.cli import main

@@ -54,9 +54,22 @@ def _layer_index(key: str, prefix: str) -> int | None:
 
 @contextmanager
 def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
-    """(name -> a zero-argument getter of the float32 tensor, the architecture's layer prefix)."""
+    """(name -> a zero-argument getter of the float32 tensor, the architecture's layer prefix).
+
+    A deltas-only edit on a base whose weights are readable is read lazily too, ``W_base + ΔW`` per tensor as
+    the edit applies it (float32), so no model is held in memory."""
     from editdecay.models.arch import get_adapter
 
+    lazy_base = _readable_base(folder) if folder_form(folder) == "edit-deltas" else None
+    if lazy_base is not None:
+        deltas = read_deltas(folder / DELTAS)
+        with _weights(lazy_base) as (base, prefix):
+            if set(deltas) <= set(base):  # else the file names differ from the model's (older checkpoints):
+                edited = dict(base)     # materialising below maps them as loading does
+                for key, delta in deltas.items():
+                    edited[key] = (lambda get, d: lambda: get() + d.float())(base[key], delta)
+                yield edited, prefix
+                return
     if is_model_folder(folder):
         from safetensors import safe_open
 
@@ -75,6 +88,22 @@ def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
     model, _ = load_model(str(folder))
     state = model.state_dict()
     yield {k: _getter(t) for k, t in state.items()}, get_adapter(model).layers
+
+
+def _readable_base(folder: Path) -> Path | None:
+    """The folder of a deltas-only edit's base when it can be read lazily (a model folder, or another
+    deltas-only edit on one), else None (the edit is then materialised)."""
+    from editdecay.artifacts import base_of
+    from editdecay.errors import EditDecayError
+    from editdecay.models.registry import resolve_model
+
+    try:
+        base = Path(resolve_model(base_of(folder)))
+    except EditDecayError:  # a hub id or a missing folder: materialising reports it properly
+        return None
+    if is_model_folder(base) or (folder_form(base) == "edit-deltas" and _readable_base(base) is not None):
+        return base
+    return None
 
 
 def _getter(tensor: Any) -> Any:
