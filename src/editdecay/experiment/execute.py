@@ -135,14 +135,15 @@ def read_layer_change(path: Path) -> dict[str, Any]:
     """``layer_change.json`` with its layer keys as integers, or a DataError naming the field."""
     try:
         raw = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(path), f"not valid JSON ({exc})") from None
+    try:
         return {"finetune": {int(k): v for k, v in raw["finetune"].items()},
                 "edit": {int(k): v for k, v in raw["edit"].items()},
                 "edited_layers": [int(layer) for layer in raw["edited_layers"]]}
-    except (OSError, ValueError) as exc:
-        raise DataError(str(path), f"not valid JSON ({exc})") from None
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise DataError(str(path), f"expected 'finetune' and 'edit' ({{layer: change}}) and 'edited_layers' "
-                        f"([layer, ...]); problem at {exc}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise DataError(str(path), f"expected 'finetune' and 'edit' ({{layer index: change}}) and 'edited_layers' "
+                        f"([layer index, ...]); problem: {exc}") from None
 
 
 def log(message: str) -> None:

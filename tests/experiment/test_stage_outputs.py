@@ -1,11 +1,13 @@
-"""What a grid prints once: the statistics stage's warning about too few tokens per key dimension is not repeated
-by every edit stage that reads those statistics (their manifests still record it)."""
+"""What stages leave for the store and the log: the statistics stage's warning about too few tokens per key
+dimension is printed once, not again by every edit stage that reads those statistics (their manifests still
+record it); a fine-tune's layer_change.json is read with a clear error when it is malformed."""
 
 from __future__ import annotations
 
 import json
 import warnings
 
+import pytest
 import yaml
 from helpers import ROOT
 
@@ -28,3 +30,17 @@ def test_low_token_statistics_warn_once_per_statistics_stage(tmp_path):
     assert len(manifests) == 2
     for path in manifests:
         assert json.loads(path.read_text())["statistics"]["tokens_per_dim"] < 100
+
+
+@pytest.mark.parametrize("text, needle", [("{not json", "not valid JSON"),
+                                          ('{"finetune": {"1": 0.1}, "edit": {}}', "edited_layers"),
+                                          ('{"finetune": {"one": 0.1}, "edit": {}, "edited_layers": []}', "layer index")])
+def test_a_malformed_layer_change_file_is_named(tmp_path, text, needle):
+    from editdecay.errors import DataError
+    from editdecay.experiment.execute import read_layer_change
+
+    path = tmp_path / "layer_change.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=needle) as info:
+        read_layer_change(path)
+    assert str(path) in str(info.value)
