@@ -4,7 +4,8 @@
 # new machine, continues without optimising any target value again (`make study` seeds the pool from it).
 #   scripts/study_snapshot.sh RUNNING_STORE WORKDIR   # defaults: the ones `make study` uses
 #   REPORT=1 scripts/study_snapshot.sh ...             # also the report of the snapshot (docs/results/cpu-study/:
-#                                                      # its header says how many runs are finished) and the CSVs
+#                                                      # its header says how many runs are finished); the store's
+#                                                      # rows as CSV are exported once, when the grid is complete
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORE=${1:-docs/results/cpu-study.db}
@@ -22,7 +23,6 @@ fi
 if [ -n "${REPORT:-}" ]; then
     "$BIN/editdecay" analyze frequency --store docs/results/cpu-study.db >/dev/null
     "$BIN/editdecay" report docs/results/cpu-study.db --out docs/results/cpu-study >/dev/null
-    "$BIN/editdecay" status --store docs/results/cpu-study.db --export docs/results/cpu-study/store-csv >/dev/null
 fi
 "$BIN/editdecay" status --store docs/results/cpu-study.db | head -12
 echo "target values kept: $(ls docs/results/cpu-study-targets 2>/dev/null | wc -l)"
