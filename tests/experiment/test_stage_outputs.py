@@ -15,21 +15,44 @@ from editdecay.edit.stats import StatsWarning
 from editdecay.experiment.runner import run_grid
 
 
-def test_low_token_statistics_warn_once_per_statistics_stage(tmp_path):
+@pytest.fixture(scope="module")
+def lora_grid(tmp_path_factory):
+    """The tiny grid with LoRA only (both methods: two edit stages read one statistics stage), run in this process
+    with every warning recorded."""
+    tmp = tmp_path_factory.mktemp("lora_grid")
     raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    raw.update(ft_types=["lora"])  # both methods: two edit stages read one statistics stage
-    grid = tmp_path / "grid.yaml"
+    raw.update(ft_types=["lora"])
+    grid = tmp / "grid.yaml"
     grid.write_text(yaml.safe_dump(raw))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_grid(grid, tmp_path / "r.db", workdir=tmp_path / "work", progress=False)
+        result = run_grid(grid, tmp / "r.db", workdir=tmp / "work", progress=False)
     assert result.runs == {"done": 2}
+    return tmp, caught
+
+
+def test_low_token_statistics_warn_once_per_statistics_stage(lora_grid):
+    tmp, caught = lora_grid
     low = [w for w in caught if issubclass(w.category, StatsWarning) and "tokens per dimension" in str(w.message)]
     assert len(low) == 1
-    manifests = sorted((tmp_path / "work" / "stages" / "edit").glob("*/manifest.json"))
+    manifests = sorted((tmp / "work" / "stages" / "edit").glob("*/manifest.json"))
     assert len(manifests) == 2
     for path in manifests:
         assert json.loads(path.read_text())["statistics"]["tokens_per_dim"] < 100
+
+
+def test_the_store_names_what_each_stage_costs_depend_on(lora_grid):
+    """What `editdecay status` compares like with like by: every stage's model and its runs' edit count, the
+    fine-tune's type, and its CPU seconds."""
+    from editdecay.experiment.store import Store
+
+    tmp, _ = lora_grid
+    with Store(tmp / "r.db") as db:
+        costs = db.stage_costs()
+    assert {c["model"] for c in costs} == {"tiny:llama"} and {c["n_edits"] for c in costs} == {3}
+    assert {c["ft_type"] for c in costs if c["kind"] == "finetune"} == {"lora"}
+    assert {c["ft_type"] for c in costs if c["kind"] != "finetune"} == {None}
+    assert all(c["status"] == "done" and c["cpu_seconds"] > 0 for c in costs)
 
 
 @pytest.mark.parametrize("text, needle", [("{not json", "not valid JSON"),

@@ -17,20 +17,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def remaining_cpu_seconds(summary: dict) -> tuple[float, list[str]] | None:
-    """(CPU seconds the stages not yet done will take by their kind's median so far, kinds with no median) or
-    None when nothing is left."""
-    total, unknown = 0.0, []
-    for kind, counts in sorted(summary["stages"].items()):
-        left = counts.get("pending", 0) + counts.get("running", 0)
+def remaining_cpu_seconds(summary: dict, costs: list[dict] | None = None) -> tuple[float, list[str]] | None:
+    """(CPU seconds the stages not yet done will take, "N kind" of those with nothing to go by) or None when
+    nothing is left. Each such stage counts the median CPU seconds of the done stages like it (same kind, model,
+    fine-tuning type and number of edits: a DoRA or Gemma-3 fine-tune costs more than a SmolLM2 LoRA one), else
+    of its kind's (``summary``), else nothing."""
+    import statistics
+
+    like: dict[tuple, list[float]] = {}
+    for c in costs or []:
+        if c["status"] == "done" and c["cpu_seconds"] is not None:
+            like.setdefault(_signature(c), []).append(float(c["cpu_seconds"]))
+    left_by_kind: dict[str, int] = {}
+    total = 0.0
+    for c in costs or []:
+        if c["status"] in ("pending", "running"):
+            if _signature(c) in like:
+                total += statistics.median(like[_signature(c)])
+            else:
+                left_by_kind[c["kind"]] = left_by_kind.get(c["kind"], 0) + 1
+    if costs is None:
+        left_by_kind = {kind: n.get("pending", 0) + n.get("running", 0) for kind, n in summary["stages"].items()}
+    unknown = []
+    for kind, left in sorted(left_by_kind.items()):
+        median = summary["seconds_by_kind"].get(kind, {}).get("median_cpu")
         if not left:
             continue
-        median = summary["seconds_by_kind"].get(kind, {}).get("median_cpu")
         if median is None:
             unknown.append(f"{left} {kind}")
         else:
             total += left * median
     return (total, unknown) if total or unknown else None
+
+
+def _signature(cost: dict) -> tuple:
+    return cost["kind"], cost["model"], cost["ft_type"], cost["n_edits"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
                   f"{counts.get('failed', 0):>7} {t['wall']:>10.0f} {cpu:>10}")
         print(f"compute time of done stages: {s['seconds_done']:.1f} s wall (wall and CPU s: sums over done stages;"
               " CPU s is user + system time of the process that ran each stage)")
-        left = remaining_cpu_seconds(s)
+        left = remaining_cpu_seconds(s, db.stage_costs())
         if left is not None:
             cpu_s, unknown = left
-            print(f"still to run: ~{cpu_s / 3600:.1f} CPU hours (each kind's pending and running stages at the median CPU "
-                  "seconds of its done ones; divide by the workers for wall time on free cores)"
+            print(f"still to run: ~{cpu_s / 3600:.1f} CPU hours (each pending or running stage at the median CPU "
+                  "seconds of the done stages like it: same kind, model, fine-tuning type and number of edits, else "
+                  "its kind's; divide by the workers for wall time on free cores)"
                   + (f"; not counted, no CPU seconds yet: {', '.join(unknown)}" if unknown else ""))
         for f in s["failed"]:
             first = (f["error"] or "").splitlines()[0]
