@@ -426,8 +426,11 @@ def materialize(folder: str | os.PathLike, load_base: Callable[[str], tuple[Any,
         return model, tok
     from peft import PeftModel
 
+    from editdecay.util.env import peft_without_deprecation_noise
+
     try:
-        merged = PeftModel.from_pretrained(model, str(folder / ADAPTER)).merge_and_unload()
+        with peft_without_deprecation_noise():
+            merged = PeftModel.from_pretrained(model, str(folder / ADAPTER)).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"{folder / ADAPTER}: cannot apply the adapter to {base}: {exc}") from None
     if (folder / REEDIT_DELTAS).exists():  # preserve_strategy=reedit: the re-edit written after the merge

@@ -125,6 +125,24 @@ def test_grad_accumulation_equals_big_batch(make_tiny, tmp_path, short_data, tra
         torch.testing.assert_close(outs[0][key], outs[1][key], atol=atol, rtol=1e-5)
 
 
+def test_a_lora_fine_tune_and_its_merge_print_no_peft_deprecation_warning(make_tiny, tmp_path, short_data):
+    """PEFT reads transformers' deprecated is_gradient_checkpointing on every adapter it wraps or loads; the grid
+    printed that FutureWarning once per fine-tune and per adapter evaluation."""
+    import warnings
+
+    from editdecay.models.registry import load_model
+
+    model, tok = make_tiny("llama")
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        finetune(str(tmp_path / "base"), {**BASE, "data": short_data, "type": "lora", "max_steps": 1}, tmp_path / "ft",
+                 progress=False, adapter_only=True)
+        load_model(str(tmp_path / "ft"))  # materialises: the adapter merged onto its base
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
 def _log(folder):
     return [json.loads(x) for x in (folder / "train_log.jsonl").read_text().splitlines()]
 

@@ -213,8 +213,11 @@ def finetune(
     else:
         from peft import get_peft_model
 
+        from editdecay.util.env import peft_without_deprecation_noise
+
         model.requires_grad_(False)
-        train_module = get_peft_model(model, peft_config)
+        with peft_without_deprecation_noise():
+            train_module = get_peft_model(model, peft_config)
     if preserve is not None:
         preserve.attach(train_module, cfg.type)  # nullspace: bind the projection (may freeze a bias/magnitude)
     trained = [(n, p.numel()) for n, p in train_module.named_parameters() if p.requires_grad]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any
 
@@ -34,6 +36,18 @@ def machine_info() -> dict[str, Any]:
         memory_gb = None
     return {"platform": platform.platform(), "cpu_model": model or platform.processor(), "cpus": os.cpu_count(),
             "usable_cpus": usable, "memory_gb": memory_gb}
+
+
+@contextmanager
+def peft_without_deprecation_noise() -> Iterator[None]:
+    """While active, the FutureWarning PEFT raises on every adapter it wraps or loads (it reads transformers'
+    deprecated ``is_gradient_checkpointing``) is not printed: a user can do nothing about it, and a grid printed
+    it once per fine-tune and per evaluation of an adapter. Every other warning passes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
 
 
 def seed_everything(seed: int) -> None:
