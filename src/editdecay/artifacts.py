@@ -35,6 +35,7 @@ ADAPTER = "adapter"
 MODEL_CONFIG = "config.json"
 TRAIN_LOG = "train_log.jsonl"  # fine-tune folder: one JSON line per logged step
 TRAJECTORY = "trajectory.json"  # fine-tune folder with tracking: [{"step", "efficacy", ...}]
+EDIT_SCORES = "edit_scores.json"  # fine-tune folder with tracking: the last step's per-record scores (reused)
 REEDIT_DELTAS = "preserve_reedit_deltas.safetensors"  # fine-tune folder, preserve_strategy=reedit: the re-edit
 MARKER = "_stage.json"  # grid stage folder: written last, once the stage is finished
 EVALUATION = "evaluation.json"  # grid evaluate stage: the evaluation JSON

@@ -1,6 +1,7 @@
 """What stages leave for the store and the log: the statistics stage's warning about too few tokens per key
 dimension is printed once, not again by every edit stage that reads those statistics (their manifests still
-record it); a fine-tune's layer_change.json is read with a clear error when it is malformed."""
+record it); an edited model's fine-tune keeps its last tracked scores and the evaluation of it takes them; a
+fine-tune's layer_change.json is read with a clear error when it is malformed."""
 
 from __future__ import annotations
 
@@ -53,6 +54,28 @@ def test_the_store_names_what_each_stage_costs_depend_on(lora_grid):
     assert {c["ft_type"] for c in costs if c["kind"] == "finetune"} == {"lora"}
     assert {c["ft_type"] for c in costs if c["kind"] != "finetune"} == {None}
     assert all(c["status"] == "done" and c["cpu_seconds"] > 0 for c in costs)
+
+
+def test_the_evaluation_of_each_edited_fine_tune_takes_its_last_tracked_scores(lora_grid):
+    """Scoring the run's records on M_ed_ft is what the tracker did at the fine-tune's last step: the evaluation
+    stage takes those scores; the unedited model's fine-tune tracks nothing and is scored by its evaluation."""
+    from pathlib import Path
+
+    from editdecay.artifacts import EDIT_SCORES
+
+    tmp, _ = lora_grid
+    evaluations = [json.loads(p.read_text()) for p in (tmp / "work" / "stages" / "evaluate").glob("*/evaluation.json")]
+    of_finetunes = [e for e in evaluations if Path(e["model"]).parent.name == "finetune"]
+    assert len(evaluations) == 6 and len(of_finetunes) == 3  # M, M_ft, M_ed and M_ed_ft of two methods
+    tracked = [e for e in of_finetunes if (Path(e["model"]) / "trajectory.json").exists()]
+    assert len(tracked) == 2
+    for e in of_finetunes:
+        kept = Path(e["model"]) / EDIT_SCORES
+        if e in tracked:
+            assert e["edit_scores_from"] == str(kept) and e["records"] == json.loads(kept.read_text())["records"]
+        else:
+            assert "edit_scores_from" not in e and not kept.exists()
+    assert all("edit_scores_from" not in e for e in evaluations if e not in of_finetunes)
 
 
 @pytest.mark.parametrize("text, needle", [("{not json", "not valid JSON"),

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from helpers.edits import tiny_edit_folder
 from safetensors.torch import load_file
 
 from editdecay.cli import main as cli_main
-from editdecay.data.records import EditRecord
 from editdecay.errors import ConfigError
 from editdecay.finetune.api import finetune
 from editdecay.models.arch import get_adapter
@@ -238,22 +238,11 @@ def test_refuses_other_runs_and_reuses_finished(make_tiny, tmp_path, short_data)
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o2.partial").exists()  # no debris from bad input
 
 
-def _edit_folder(model, tok, folder, layers):
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    records = [EditRecord(case_id=str(i), subject=s, prompt="{} is located in", target_new=t, target_true="Paris",
-                          paraphrase_prompts=[f"Where is {s}? It is in"], neighborhood_prompts=["The Louvre is in"],
-                          neighborhood_answers=["Paris"], dataset="counterfact")
-               for i, (s, t) in enumerate((("The Eiffel Tower", "Rome"), ("Notre Dame", "Berlin")))]
-    manifest = {"stage": "edit", "method": "none", "layers": layers, "records": [r.to_dict() for r in records]}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_cli_contract_with_tracking(make_tiny, tmp_path, capsys):
     """`editdecay finetune --model EDIT_DIR ... --track-edits EDIT_DIR --eval-every K` on a tiny edit folder."""
     model, tok = make_tiny("llama")
     edit_dir = tmp_path / "edit"
-    _edit_folder(model, tok, edit_dir, [1, 2])
+    tiny_edit_folder(model, tok, edit_dir, [1, 2])
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Q{i}: ", "response": f"answer {i}"}) + "\n" for i in range(8)))
     out = tmp_path / "ft"
@@ -288,7 +277,7 @@ def test_edit_folder_as_model_gives_edited_layers(make_tiny, tmp_path, short_dat
     """Without --track-edits, 'edited' layers come from the --model folder's own edit manifest."""
     model, tok = make_tiny("gpt_neox")
     edit_dir = tmp_path / "edit"
-    _edit_folder(model, tok, edit_dir, [0, 3])
+    tiny_edit_folder(model, tok, edit_dir, [0, 3])
     out = tmp_path / "ft"
     argv = ["finetune", "--model", str(edit_dir), "--type", "full", "--layers", "non-edited", "--modules", "mlp",
             "--data", short_data, "--max-steps", "1", "--out", str(out), "--no-progress"]
@@ -302,7 +291,7 @@ def test_edit_folder_as_model_gives_edited_layers(make_tiny, tmp_path, short_dat
 def test_tracked_run_resumes_with_the_same_trajectory(make_tiny, tmp_path, short_data):
     model, tok = make_tiny("llama")
     edit_dir = tmp_path / "edit"
-    _edit_folder(model, tok, edit_dir, [1])
+    tiny_edit_folder(model, tok, edit_dir, [1])
     cfg = {**BASE, "data": short_data, "type": "lora", "layers": "edited", "max_steps": 5, "eval_every": 1,
            "checkpoint_every": 2, "lr": 5e-2}
     ref = finetune(make_tiny("llama")[0], cfg, tmp_path / "ref", track_edits=edit_dir, tokenizer=tok, progress=False)
@@ -333,7 +322,7 @@ def test_fine_tunes_of_one_model_share_their_step_0_point_exactly(make_tiny, tmp
 
     model, tok = make_tiny("llama")
     edit_dir = tmp_path / "edit"
-    _edit_folder(model, tok, edit_dir, [1])
+    tiny_edit_folder(model, tok, edit_dir, [1])
     cfg = {**BASE, "data": short_data, "type": "lora", "layers": "edited", "max_steps": 2, "eval_every": 1}
     alone = finetune(make_tiny("llama")[0], cfg, tmp_path / "alone", track_edits=edit_dir, tokenizer=tok,
                      progress=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from editdecay.data.records import EditRecord
@@ -24,3 +26,16 @@ def sharpen(model):
     with torch.no_grad():
         model.get_submodule(get_adapter(model).unembed).weight.mul_(10)
     return model
+
+
+def tiny_edit_folder(model, tok, folder, layers):
+    """An edit folder (a model saved as is, manifest with two CounterFact-style records) for fine-tuning tests."""
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    records = [EditRecord(case_id=str(i), subject=s, prompt="{} is located in", target_new=t, target_true="Paris",
+                          paraphrase_prompts=[f"Where is {s}? It is in"], neighborhood_prompts=["The Louvre is in"],
+                          neighborhood_answers=["Paris"], dataset="counterfact")
+               for i, (s, t) in enumerate((("The Eiffel Tower", "Rome"), ("Notre Dame", "Berlin")))]
+    manifest = {"stage": "edit", "method": "none", "layers": layers, "records": [r.to_dict() for r in records]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return records

@@ -171,7 +171,10 @@ def test_reedit_brings_the_edited_layer_back_to_its_target(edits, tmp_path, trai
     finetune(str(edit_dir), cfg, tmp_path / "plain", progress=False)
     manifest = finetune(str(edit_dir), {**cfg, "preserve_strategy": "reedit", "reedit_z": "edited",
                                                       "reedit_reoptimise": False},
-                        tmp_path / "reedit", preserve_edits=edit_dir, progress=False)
+                        tmp_path / "reedit", preserve_edits=edit_dir, track_edits=edit_dir, progress=False)
+    # the tracker's last scores are of the weights before the re-edit: the folder keeps none for reuse
+    assert (tmp_path / "reedit" / "trajectory.json").exists()
+    assert not (tmp_path / "reedit" / "edit_scores.json").exists()
     target = h_last(edited)  # reedit_z=edited: z is what the edited model reached
     drift = float((h_last(load_model(tmp_path / "plain")[0]) - target).norm())
     back = float((h_last(load_model(tmp_path / "reedit")[0]) - target).norm())

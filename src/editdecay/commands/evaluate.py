@@ -18,6 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("loglik", "generate"), default="loglik", help="downstream scoring mode")
     p.add_argument("--perplexity", metavar="TEXT", help="also measure perplexity on a raw-text corpus or file")
     p.add_argument("--fluency", action="store_true", help="n-gram entropy of generations (records with generation prompts)")
+    p.add_argument("--rescore", action="store_true",
+                   help="score the records anew even where the fine-tune folder kept its last tracked scores of them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     add_device_args(p)
@@ -58,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_model(args.model, data=args.data, records=args.records, n=args.n, downstream=args.downstream,
                             limit=args.limit, seed=args.seed, mode=args.mode, batch_size=args.batch_size,
                             progress=True, fluency=args.fluency, perplexity_text=args.perplexity,
-                            device=device, dtype=dtype)
+                            device=device, dtype=dtype, reuse_scores=not args.rescore)
     atomic_write_json(args.out, result)
+    if "edit_scores_from" in result:
+        print(f"edit metrics: the fine-tune's last tracked scores ({result['edit_scores_from']}); --rescore scores anew")
     for line in summary_lines(result):
         print(line)
     print(f"wrote {args.out}")

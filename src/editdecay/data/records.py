@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from editdecay.errors import DataError
+from editdecay.util.io import stable_hash
 
 FORMATS = ("counterfact-easyedit", "counterfact-rome", "zsre", "jsonl")
 
@@ -57,6 +58,11 @@ class EditRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EditRecord:
         return cls(**data)
+
+
+def records_hash(records: list[EditRecord]) -> str:
+    """What identifies a list of records everywhere they are compared (grid plans, tracked edits, reused scores)."""
+    return stable_hash([r.to_dict() for r in records])
 
 
 def fill(template: str, subject: str) -> str:

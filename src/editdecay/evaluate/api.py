@@ -80,6 +80,33 @@ def load_records_arg(value: str | os.PathLike, n: int | None = None) -> list[Edi
     return load_edit_records(value, n=n)
 
 
+def _kept_scores(folder: str | os.PathLike, model: nn.Module, records: Sequence[EditRecord]
+                 ) -> tuple[dict[str, Any], str] | None:
+    """The fine-tune folder's last tracked per-record scores when they are exactly what scoring ``records`` on
+    ``model`` would compute (same records, dtype and device kind; the tracker scored the same weights, with any
+    adapter unmerged), with the file they came from; else None."""
+    from editdecay.artifacts import EDIT_SCORES
+    from editdecay.data.records import records_hash
+    from editdecay.util.io import read_json
+
+    path = Path(folder) / EDIT_SCORES
+    if not path.is_file():
+        return None
+    kept = read_json(path)
+    param = next(model.parameters())
+    for key, value in (("records_hash", records_hash(list(records))), ("device", param.device.type),
+                       ("dtype", str(param.dtype).replace("torch.", ""))):
+        if key not in kept:
+            raise DataError(str(path), f"no {key!r}: not a file editdecay wrote; delete it to score anew", field=key)
+        if kept[key] != value:
+            return None
+    if not isinstance(kept.get("records"), list) or len(kept["records"]) != len(records):
+        raise DataError(str(path), f"'records' must list {len(records)} per-record scores", field="records")
+    if not isinstance(kept.get("summary"), dict):
+        raise DataError(str(path), "'summary' must be the scores' summary object", field="summary")
+    return {"summary": kept["summary"], "records": kept["records"]}, str(path)
+
+
 def _looks_like_manifest(path: Path) -> bool:
     """A JSON object file whose first bytes are an object with a "stage" key (cheap check, no full parse)."""
     try:
@@ -107,6 +134,7 @@ def evaluate_model(
     *,
     device: Any = None,
     dtype: Any = None,
+    reuse_scores: bool = True,
 ) -> dict[str, Any]:
     """The evaluation JSON: ``{"model", "data", "summary", "records", "downstream", "timings", "versions"}``.
 
@@ -114,7 +142,10 @@ def evaluate_model(
     ``downstream`` (e.g. ``"commonsense"``) adds per-task accuracies; ``perplexity_text`` (a raw-text corpus
     name or file) adds ``perplexity`` on its first ``perplexity_tokens`` tokens. At least one must be given.
     ``device``/``dtype``: where and in what precision a named model is loaded (None: CUDA when present, float32);
-    scores are computed from float32 log-probabilities either way.
+    scores are computed from float32 log-probabilities either way. ``reuse_scores``: a fine-tune folder whose
+    tracker scored these very records at its last step, in this dtype on this kind of device, keeps those
+    per-record scores (``edit_scores.json``); they are taken instead of scoring the same weights again
+    (``"edit_scores_from"`` names the file). False scores anew.
     """
     from editdecay.util.env import library_versions
 
@@ -148,7 +179,12 @@ def evaluate_model(
         if data is None:
             out["data"] = recs[0].dataset
         start = time.perf_counter()
-        result = evaluate_edits(model, tok, recs, batch_size=batch_size, progress=progress, fluency=fluency)
+        kept = (_kept_scores(model_name_or_path, model, recs)
+                if reuse_scores and not fluency and not isinstance(model_name_or_path, tuple) else None)
+        if kept is not None:
+            result, out["edit_scores_from"] = kept
+        else:
+            result = evaluate_edits(model, tok, recs, batch_size=batch_size, progress=progress, fluency=fluency)
         timings["edits_s"] = time.perf_counter() - start
         out["summary"], out["records"] = result["summary"], result["records"]
     if downstream:

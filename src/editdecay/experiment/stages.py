@@ -30,7 +30,7 @@ from editdecay.artifacts import (
 from editdecay.errors import DataError
 from editdecay.experiment.facts import TINY_PREFIX
 from editdecay.experiment.plan import StageSpec
-from editdecay.util.io import atomic_dir, atomic_write_json, stable_hash
+from editdecay.util.io import atomic_dir, atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,11 @@ StageFn = Callable[[StageSpec, dict[str, Path], Path, StageContext], dict[str, A
 
 
 def _records(spec: StageSpec) -> list:
-    from editdecay.data.records import load_edit_records
+    from editdecay.data.records import load_edit_records, records_hash
 
     cfg = spec.config
     records = load_edit_records(cfg["edit_data"], n=cfg["n_edits"])
-    if stable_hash([r.to_dict() for r in records]) != cfg["records_hash"]:
+    if records_hash(records) != cfg["records_hash"]:
         raise DataError(str(cfg["edit_data"]), "the records changed since the grid was planned; run again so the "
                         "stages are re-planned against the current file")
     return records

@@ -22,6 +22,7 @@ from torch import nn
 
 from editdecay.artifacts import (
     ADAPTER,
+    EDIT_SCORES,
     MANIFEST,
     TRAJECTORY,
     is_edit_folder,
@@ -30,7 +31,7 @@ from editdecay.artifacts import (
     write_finetune_manifest,
 )
 from editdecay.artifacts import TRAIN_LOG as LOG
-from editdecay.data.records import records_from_manifest
+from editdecay.data.records import records_from_manifest, records_hash
 from editdecay.errors import ConfigError, DataError
 from editdecay.finetune import select as sel
 from editdecay.finetune.config import FinetuneConfig
@@ -191,7 +192,7 @@ def finetune(
 
     identity = {"config": cfg.run_hash(), "model": model_fingerprint(model), "data": cfg.data,
                 "edited_layers": edit_manifest["layers"] if edit_manifest is not None else None,
-                "tracked": stable_hash([r.to_dict() for r in records]) if records is not None else None}
+                "tracked": records_hash(records) if records is not None else None}
     if preserve is not None:
         identity["preserve"] = preserve.identity()
     run_hash = stable_hash(identity)
@@ -253,6 +254,9 @@ def finetune(
         shutil.copy2(work / LOG, tmp / LOG)
         if tracker is not None:
             shutil.copy2(work / TRAJECTORY, tmp / TRAJECTORY)
+            scores = tracker.final_scores(result.steps)
+            if scores is not None and (preserve is None or not preserve.changes_final_model):
+                atomic_write_json(tmp / EDIT_SCORES, scores)  # what the saved weights score: evaluation reuses it
         total_seconds = time.time() - started
         if preserve is not None:
             preserve.write(tmp)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from editdecay.artifacts import TRAIN_LOG as LOG
+from editdecay.data.records import records_hash
 from editdecay.errors import ConfigError, NumericalError
 from editdecay.finetune.config import FinetuneConfig
 from editdecay.finetune.data import IGNORE_INDEX, TrainData
@@ -131,6 +132,7 @@ class DecayTracker:
         # named by what determines it, see finetune.api.start_point_file) instead of each scoring it again
         self.start_cache = Path(start_cache) if start_cache is not None else None
         self.points: list[dict[str, Any]] = read_json(self.path) if self.path.exists() else []
+        self.last_scores: dict[str, Any] | None = None  # the per-record rows of the last step scored here
 
     def steps(self) -> list[int]:
         return [p["step"] for p in self.points]
@@ -154,6 +156,10 @@ class DecayTracker:
         try:
             with torch.no_grad():
                 result = evaluate_edits(model, self.tokenizer, self.records)
+                param = next(model.parameters())
+                self.last_scores = {"step": step, "records_hash": records_hash(self.records),
+                                    "dtype": str(param.dtype).replace("torch.", ""), "device": param.device.type,
+                                    "summary": result["summary"], "records": result["records"]}
                 point: dict[str, Any] = {"step": step}
                 if tokens is not None:
                     point["tokens"] = tokens
@@ -171,6 +177,12 @@ class DecayTracker:
             self.start_cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.start_cache, point)
         return self._keep(point)
+
+    def final_scores(self, step: int) -> dict[str, Any] | None:
+        """The per-record scores of ``step`` (the last one) when they were computed in this process, else None
+        (a resumed run that had scored its last step before the interruption keeps only the summary): the
+        evaluation of the finished model reuses them instead of scoring the same records on the same weights."""
+        return self.last_scores if self.last_scores is not None and self.last_scores["step"] == step else None
 
     def _keep(self, point: dict[str, Any]) -> dict[str, Any]:
         self.points = [p for p in self.points if p["step"] != point["step"]] + [point]

@@ -116,6 +116,12 @@ class Preserve:
         adapter run must merge them in memory even when it saves only the adapter."""
         return self.strategy in ("reedit", "nullspace")
 
+    @property
+    def changes_final_model(self) -> bool:
+        """Whether :meth:`after_training` changes the weights (reedit), so the tracker's last scores are not the
+        saved model's."""
+        return self.strategy == "reedit"
+
     def after_training(self, model: nn.Module, tok: Any, progress: bool = False) -> None:
         """On the final (merged) model: measure the null-space residual, or re-apply the edit (reedit)."""
         if self.strategy == "nullspace":

@@ -52,6 +52,20 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _setting(run: Run) -> tuple:
+    """What a panel holds one of: model, edit data, number of edits and fine-tuning data (never pooled)."""
+    return (run.model, run.edit_data, run.n_edits, run.ft_data)
+
+
+def _setting_label(setting: tuple, ft_type: str | None = None) -> str:
+    model, edit_data, n_edits, ft_data = setting
+    return f"{model} / {edit_data} {n_edits} / {ft_type + ' ' if ft_type else ''}on {ft_data}"
+
+
+def _sorted_settings(settings: Any) -> list[tuple]:
+    return sorted(set(settings), key=lambda t: tuple(str(x) for x in t))
+
+
 def _full_layer_runs(res: Results) -> list[Run]:
     return [r for r in res.runs if r.layer_selection == "all"] or list(res.runs)
 
@@ -63,7 +77,7 @@ def survival_cells(res: Results) -> dict[tuple[tuple, str, str], list[float]]:
     for run in _full_layer_runs(res):
         d = run_decay(res, run, "efficacy")
         if d is not None and not math.isnan(d.survival):
-            cells[((run.model, run.edit_data, run.n_edits, run.ft_data), run.method, run.ft_type)].append(d.survival)
+            cells[(_setting(run), run.method, run.ft_type)].append(d.survival)
     return cells
 
 
@@ -75,7 +89,7 @@ def survival_heatmap(res: Results, per_row: int = 3) -> Figure | Skipped:
     if not cells:
         return Skipped("survival_heatmap", title, "no run has per-edit results for both M_ed and M_ed_ft")
     plt = _plt()
-    settings = sorted({k[0] for k in cells}, key=lambda t: tuple(str(x) for x in t))
+    settings = _sorted_settings(k[0] for k in cells)
     methods = sorted({k[1] for k in cells})
     fts = sorted({k[2] for k in cells})
     n_rows, n_cols = -(-len(settings) // per_row), min(per_row, len(settings))
@@ -99,8 +113,7 @@ def survival_heatmap(res: Results, per_row: int = 3) -> Figure | Skipped:
                 ax.text(j, i, text, ha="center", va="center", color="white" if grid[i, j] < 60 else "black")
         ax.set_xticks(range(len(fts)), fts)
         ax.set_yticks(range(len(methods)), methods)
-        model, edit_data, n_edits, ft_data = setting
-        ax.set_title(f"{model} / {edit_data} {n_edits} / on {ft_data}", fontsize=8)
+        ax.set_title(_setting_label(setting), fontsize=8)
     fig.colorbar(im, ax=axes.ravel().tolist(), label="ES survival %")
     return Figure("survival_heatmap", title,
                   "Share of successful edits that still succeed after fine-tuning (1 − EFR, efficacy), mean over "
@@ -120,8 +133,7 @@ def trajectory_lines(res: Results, metric: str) -> dict[tuple, dict[int, list[fl
         stage = res.edited_ft_stage(run)
         for p in res.trajectories.get(stage.stage_id, []) if stage else []:
             if metric in p and not math.isnan(p[metric]):
-                setting = (run.model, run.edit_data, run.n_edits, run.ft_data)
-                lines[(setting, run.ft_type, run.method, run.layer_selection)][int(p["step"])].append(p[metric])
+                lines[(_setting(run), run.ft_type, run.method, run.layer_selection)][int(p["step"])].append(p[metric])
     return lines
 
 
@@ -136,7 +148,7 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
     if not lines:
         return Skipped(name, title, f"no fine-tuning stage of an edited model recorded a {metric} trajectory")
     plt = _plt()
-    settings = sorted({k[0] for k in lines}, key=lambda t: tuple(str(x) for x in t))
+    settings = _sorted_settings(k[0] for k in lines)
     fts = sorted({k[1] for k in lines})
     methods = sorted({k[2] for k in lines})
     fig, axes = plt.subplots(len(settings), len(fts), figsize=(3.6 * len(fts) + 1.5, 2.8 * len(settings)),
@@ -148,11 +160,11 @@ def trajectories(res: Results, metric: str = "efficacy") -> Figure | Skipped:
                 color=LAYER_COLORS.get(layers, "tab:purple"), ls=METHOD_STYLES[methods.index(method) % 4],
                 label=f"{method}, {layers} layers")
     drawn = {(k[0], k[1]) for k in lines}
-    for i, (model, edit_data, n_edits, ft_data) in enumerate(settings):
+    for i, setting in enumerate(settings):
         for j, ft in enumerate(fts):
             ax = axes[i][j]
-            ax.set_title(f"{model} / {edit_data} {n_edits} / {ft} on {ft_data}", fontsize=8)
-            if (settings[i], ft) not in drawn:  # no such run: say so rather than draw an empty frame
+            ax.set_title(_setting_label(setting, ft), fontsize=8)
+            if (setting, ft) not in drawn:  # no such run: say so rather than draw an empty frame
                 ax.text(0.5, 0.5, "not in this grid", ha="center", va="center", transform=ax.transAxes,
                         fontsize=8, color="0.5")
             if not magnitude:
@@ -186,8 +198,7 @@ def tradeoff_points(res: Results) -> dict[tuple[str, str, str, str], list[tuple[
         ds = (res.downstream_mean(run, "M_ed"), res.downstream_mean(run, "M_ed_ft"))
         if None in es or None in ds:
             continue
-        setting = f"{run.model} / {run.edit_data} {run.n_edits} / on {run.ft_data}"
-        points[(setting, run.method, run.ft_type, run.layer_selection)].append(
+        points[(_setting_label(_setting(run)), run.method, run.ft_type, run.layer_selection)].append(
             (100.0 * (ds[0] - ds[1]), 100.0 * (es[0] - es[1])))  # type: ignore[operator]
     return points
 
