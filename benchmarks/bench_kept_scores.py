@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from editdecay.artifacts import EDIT_SCORES, read_finetune_manifest
+from editdecay.artifacts import EDIT_SCORES, read_finetune_manifest, weights_dropped
 from editdecay.evaluate.api import evaluate_model, load_records_arg
 from editdecay.util.env import library_versions, machine_info
 from editdecay.util.io import atomic_write_json
@@ -42,8 +42,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     folders = sorted(p.parent for p in (args.workdir / "stages" / "finetune").glob(f"*/{EDIT_SCORES}"))
+    dropped = [f for f in folders if weights_dropped(f)]  # a grid drops full fine-tunes' weights once evaluated
+    folders = [f for f in folders if f not in dropped]
+    if dropped:
+        print(f"skipped {len(dropped)} full fine-tune folder(s) whose weights the grid dropped ('keep: [finetune]' "
+              "in the grid keeps them)")
     if not folders:
-        raise SystemExit(f"no fine-tune folder under {args.workdir}/stages/finetune keeps {EDIT_SCORES}")
+        raise SystemExit(f"no fine-tune folder under {args.workdir}/stages/finetune keeps {EDIT_SCORES} and weights")
     rows = []
     for folder in folders:
         records = load_records_arg(read_finetune_manifest(folder)["edit_manifest"])
@@ -71,6 +76,7 @@ def main() -> None:
     atomic_write_json(args.out, {"command": "benchmarks/bench_kept_scores.py", "args": {k: str(v) for k, v in
                                                                                      vars(args).items()},
                                  "machine": machine_info(), "versions": library_versions(), "folders": rows,
+                                 "skipped_dropped_weights": [f.name for f in dropped],
                                  "median_ratio": statistics.median(r["ratio"] for r in rows)})
     print(f"median ratio kept / rescored: {statistics.median(r['ratio'] for r in rows):.2f}; wrote {args.out}")
 
