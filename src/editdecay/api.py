@@ -74,6 +74,8 @@ _EXPORTS = {
     "check_plan_resources": "editdecay.experiment.cost",
     "by_kind": "editdecay.experiment.cost",
     "stage_dtype": "editdecay.experiment.cost",
+    "MeasuredCosts": "editdecay.experiment.measured",
+    "measured_plan_seconds": "editdecay.experiment.measured",
     "Store": "editdecay.experiment.store",
     "report_text": "editdecay.report.api",
     "format_shift": "editdecay.analyze.shift",

@@ -78,6 +78,44 @@ def test_the_evaluation_of_each_edited_fine_tune_takes_its_last_tracked_scores(l
     assert all("edit_scores_from" not in e for e in evaluations if e not in of_finetunes)
 
 
+def test_plan_estimates_a_grid_from_the_stage_costs_measured_in_a_store(lora_grid, capsys):
+    """`editdecay plan --costs-from STORE`: each planned stage at the median CPU seconds of the store's done
+    stages like it (the planned row matches what the store recorded for the same stage), else its kind's."""
+    import statistics
+
+    from editdecay.cli import main
+    from editdecay.experiment.measured import MeasuredCosts, measured_plan_seconds, planned_costs, signature
+    from editdecay.experiment.runner import plan_grid
+    from editdecay.experiment.store import Store
+
+    tmp, _ = lora_grid
+    with Store(tmp / "r.db") as db:
+        done = {c["stage_id"]: c for c in db.stage_costs()}
+    plan = plan_grid(tmp / "grid.yaml")
+    rows = planned_costs(plan)
+    assert len(rows) == len(done) and all(signature(r) == signature(done[r["stage_id"]]) for r in rows)
+    seconds, sources = measured_plan_seconds(plan, MeasuredCosts.from_store(tmp / "r.db"))
+    assert sources == {"like": len(rows), "kind": 0, "constants": 0}
+    expect: dict[str, float] = {}
+    for r in rows:
+        like = [c["cpu_seconds"] for c in done.values() if signature(c) == signature(r)]
+        expect[r["kind"]] = expect.get(r["kind"], 0.0) + statistics.median(like)
+    assert seconds == pytest.approx(expect)
+    # the tiny grid with full fine-tuning too: its full fine-tunes have nothing like them in a LoRA-only store
+    both = plan_grid(ROOT / "configs" / "tiny.yaml")
+    _, sources = measured_plan_seconds(both, MeasuredCosts.from_store(tmp / "r.db"))
+    n_full = sum(1 for r in planned_costs(both) if r["ft_type"] == "full")
+    assert sources["kind"] == n_full > 0 and sources["constants"] == 0
+
+    assert main(["plan", str(tmp / "grid.yaml"), "--costs-from", str(tmp / "r.db")]) == 0
+    assert f"{len(rows)} stage(s) at the median of like stages" in capsys.readouterr().out
+    assert main(["plan", str(tmp / "grid.yaml"), "--costs-from", str(tmp / "none.db")]) == 1
+    assert "none.db: no results store here" in capsys.readouterr().err
+    Store(tmp / "empty.db").close()
+    assert main(["plan", str(tmp / "grid.yaml"), "--costs-from", str(tmp / "empty.db")]) == 1
+    assert "empty.db: no done stage has CPU seconds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text, needle", [("{not json", "not valid JSON"),
                                           ('{"finetune": {"1": 0.1}, "edit": {}}', "edited_layers"),
                                           ('{"finetune": {"one": 0.1}, "edit": {}, "edited_layers": []}', "layer index")])

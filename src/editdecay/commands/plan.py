@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-machine-check", action="store_true",
                    help="check memory only against the grid's resources, not this machine (planning for a cluster)")
     p.add_argument("--costs", action="store_true", help="also print the parts of each stage kind's largest estimate")
+    p.add_argument("--costs-from", metavar="STORE",
+                   help="estimate time from the CPU seconds measured in a results store (a pilot or an earlier grid "
+                   "on this machine): each stage at its like stages' median, else its kind's, else the constants")
     p.set_defaults(handler=run)
 
 
@@ -35,10 +38,12 @@ def _fmt_bytes(b: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from editdecay.api import (
+        MeasuredCosts,
         by_kind,
         check_plan_resources,
         estimate_plan,
         estimate_seconds,
+        measured_plan_seconds,
         plan_grid,
         stage_dtype,
     )
@@ -58,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"... and {len(plan.runs) - len(shown)} more (--runs 0 shows all)")
     naive = sum(len(set(r.stages.values())) for r in plan.runs)
     print(f"\nstages: {len(plan.stages)} distinct ({naive} without sharing); {plan.shared} shared by 2+ runs")
-    est = estimate_seconds(plan)
+    sources = None
+    if args.costs_from:
+        est, sources = measured_plan_seconds(plan, MeasuredCosts.from_store(args.costs_from))
+    else:
+        est = estimate_seconds(plan)
     costs = estimate_plan(plan)
     kinds = by_kind(costs)
     print(f"{'kind':<10} {'stages':>6} {'shared':>6} {'est. time':>10} {'peak memory':>12} {'disk':>10}  dtype")
@@ -71,8 +80,14 @@ def run(args: argparse.Namespace) -> int:
             dtypes = sorted({stage_dtype(plan.stages[s], grid) for s in ids})
             print(f"{kind:<10} {len(ids):>6} {shared:>6} {_fmt_seconds(est.get(kind, 0.0)):>10} "
                   f"{_fmt_bytes(k['peak']):>12} {_fmt_bytes(k['disk']):>10}  {','.join(dtypes)}")
-    print(f"estimated work: {_fmt_seconds(sum(est.values()))} on a 2-core CPU (rough: per-stage cost constants "
-          "scaled by model size)")
+    if sources is None:
+        print(f"estimated work: {_fmt_seconds(sum(est.values()))} on a 2-core CPU (rough: per-stage cost constants "
+              "scaled by model size; --costs-from STORE estimates from measured stages)")
+    else:
+        print(f"estimated work: {_fmt_seconds(sum(est.values()))} of stage CPU time measured in {args.costs_from}: "
+              f"{sources['like']} stage(s) at the median of like stages (same kind, model, number of edits, "
+              "fine-tuning type, steps and preserve strategy), {sources['kind']} at their kind's, {sources['constants']} from the "
+              "constants; divide by the workers for wall time on free cores")
     print(f"estimated disk: {_fmt_bytes(sum(c.disk for c in costs))} in all; peak memory is the largest stage of "
           "each kind (upper-bound sums: editdecay.experiment.cost)")
     notes = sorted({n for c in costs for n in c.notes})

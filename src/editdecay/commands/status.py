@@ -20,38 +20,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def remaining_cpu_seconds(summary: dict, costs: list[dict] | None = None) -> tuple[float, list[str]] | None:
     """(CPU seconds the stages not yet done will take, "N kind" of those with nothing to go by) or None when
     nothing is left. Each such stage counts the median CPU seconds of the done stages like it (same kind, model,
-    fine-tuning type and number of edits: a DoRA or Gemma-3 fine-tune costs more than a SmolLM2 LoRA one), else
-    of its kind's (``summary``), else nothing."""
-    import statistics
+    number of edits, fine-tuning type, steps and preserve strategy: editdecay.experiment.measured), else of its kind's, else
+    nothing; without ``costs``, every stage left counts its kind's median (``summary``)."""
+    from editdecay.experiment.measured import MeasuredCosts
 
-    like: dict[tuple, list[float]] = {}
-    for c in costs or []:
-        if c["status"] == "done" and c["cpu_seconds"] is not None:
-            like.setdefault(_signature(c), []).append(float(c["cpu_seconds"]))
-    left_by_kind: dict[str, int] = {}
     total = 0.0
-    for c in costs or []:
-        if c["status"] in ("pending", "running"):
-            if _signature(c) in like:
-                total += statistics.median(like[_signature(c)])
-            else:
-                left_by_kind[c["kind"]] = left_by_kind.get(c["kind"], 0) + 1
-    if costs is None:
-        left_by_kind = {kind: n.get("pending", 0) + n.get("running", 0) for kind, n in summary["stages"].items()}
-    unknown = []
-    for kind, left in sorted(left_by_kind.items()):
-        median = summary["seconds_by_kind"].get(kind, {}).get("median_cpu")
-        if not left:
-            continue
-        if median is None:
-            unknown.append(f"{left} {kind}")
-        else:
-            total += left * median
+    left_by_kind: dict[str, int] = {}
+    if costs is not None:
+        measured = MeasuredCosts(costs)
+        for c in costs:
+            if c["status"] in ("pending", "running"):
+                estimate = measured.estimate(c)
+                if estimate is not None:
+                    total += estimate[0]
+                else:
+                    left_by_kind[c["kind"]] = left_by_kind.get(c["kind"], 0) + 1
+    else:
+        for kind, n in summary["stages"].items():
+            left = n.get("pending", 0) + n.get("running", 0)
+            median = summary["seconds_by_kind"].get(kind, {}).get("median_cpu")
+            if left and median is not None:
+                total += left * median
+            elif left:
+                left_by_kind[kind] = left
+    unknown = [f"{n} {kind}" for kind, n in sorted(left_by_kind.items())]
     return (total, unknown) if total or unknown else None
-
-
-def _signature(cost: dict) -> tuple:
-    return cost["kind"], cost["model"], cost["ft_type"], cost["n_edits"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if left is not None:
             cpu_s, unknown = left
             print(f"still to run: ~{cpu_s / 3600:.1f} CPU hours (each pending or running stage at the median CPU "
-                  "seconds of the done stages like it: same kind, model, fine-tuning type and number of edits, else "
+                  "seconds of the done stages like it: same kind, model, number of edits, fine-tuning type, steps and "
+                  "preserve strategy, else "
                   "its kind's; divide by the workers for wall time on free cores)"
                   + (f"; not counted, no CPU seconds yet: {', '.join(unknown)}" if unknown else ""))
         for f in s["failed"]:

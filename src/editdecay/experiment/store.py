@@ -358,10 +358,13 @@ class Store:
 
     def stage_costs(self) -> list[dict[str, Any]]:
         """Per stage: kind, status, CPU seconds and what its cost depends on besides its kind (model, fine-tuning
-        type, number of edits of its runs), so an estimate of what is left can compare like with like."""
+        type, steps and edit-preserving strategy, number of edits of its runs), so an estimate can compare like with like
+        (:mod:`editdecay.experiment.measured`)."""
         return [dict(r) for r in self.query(
             "SELECT s.stage_id, s.kind, s.status, s.cpu_seconds, MAX(r.model) AS model, MAX(r.n_edits) AS n_edits,"
-            " json_extract(s.config_json, '$.finetune.type') AS ft_type FROM stages s"
+            " json_extract(s.config_json, '$.finetune.type') AS ft_type,"
+            " json_extract(s.config_json, '$.finetune.max_steps') AS steps,"
+            " json_extract(s.config_json, '$.finetune.preserve_strategy') AS preserve FROM stages s"
             " LEFT JOIN run_stages rs ON rs.stage_id = s.stage_id LEFT JOIN runs r ON r.run_id = rs.run_id"
             " GROUP BY s.stage_id ORDER BY s.stage_id")]
 
