@@ -5,8 +5,10 @@
 - fine-tuning change of layer i: ‖W_ft − W_in‖ / ‖W_in‖ over all of the layer's weights, between the
   fine-tuned model and the model it started from (for M_ed_ft: the edited model).
 
-A folder in full form is read tensor by tensor from its safetensors files; a small one (deltas-only edit,
-adapter-only fine-tune) is materialised with ``load_model`` (the same weights the full form would hold).
+A folder in full form is read tensor by tensor from its safetensors files. A small one is read lazily too where
+its base is readable: a deltas-only edit as ``W_base + ΔW``, an adapter-only LoRA / DoRA fine-tune as the
+adapter's merge done per tensor (what PEFT's merge computes); anything else (a re-edit beside the adapter, bias
+or saved modules, rank patterns) is materialised with ``load_model`` (the same weights the full form would hold).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from editdecay.artifacts import (
+    ADAPTER,
     DELTAS,
     MANIFEST,
     MODEL_CONFIG,
+    REEDIT_DELTAS,
     edited_layers,
     folder_form,
     read_deltas,
@@ -70,6 +74,16 @@ def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
                     edited[key] = (lambda get, d: lambda: get() + d.float())(base[key], delta)
                 yield edited, prefix
                 return
+    adapter = _lazy_adapter(folder) if folder_form(folder) == "adapter" else None
+    if adapter is not None:
+        base, merges = adapter
+        with _weights(base) as (weights, prefix):
+            if set(merges) <= set(weights):
+                tuned = dict(weights)
+                for key, merge in merges.items():
+                    tuned[key] = (lambda get, f: lambda: f(get()))(weights[key], merge)
+                yield tuned, prefix
+                return
     if is_model_folder(folder):
         from safetensors import safe_open
 
@@ -91,8 +105,8 @@ def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
 
 
 def _readable_base(folder: Path) -> Path | None:
-    """The folder of a deltas-only edit's base when it can be read lazily (a model folder, or another
-    deltas-only edit on one), else None (the edit is then materialised)."""
+    """The folder a small folder (deltas-only edit, adapter-only fine-tune) is layered on when it can be read
+    lazily (a model folder, or a deltas-only edit on one), else None (the folder is then materialised)."""
     from editdecay.artifacts import base_of
     from editdecay.errors import EditDecayError
     from editdecay.models.registry import resolve_model
@@ -104,6 +118,54 @@ def _readable_base(folder: Path) -> Path | None:
     if is_model_folder(base) or (folder_form(base) == "edit-deltas" and _readable_base(base) is not None):
         return base
     return None
+
+
+ADAPTER_PREFIX = "base_model.model."
+
+
+def _lazy_adapter(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(the base folder, {weight name: W_in -> W_ft}) of an adapter-only fine-tune whose merge is done here per
+    tensor: LoRA, W + s·BA, or DoRA, m / ‖W + s·BA‖_row · (W + s·BA) (s = alpha / r; transposed for Conv1D
+    weights), on a base read lazily; None for any adapter this does not cover (it is then materialised)."""
+    from safetensors.torch import load_file
+
+    try:
+        cfg = json.loads((folder / ADAPTER / "adapter_config.json").read_text(encoding="utf-8"))
+        base = _readable_base(folder)
+    except (OSError, ValueError):
+        return None
+    plain = (cfg.get("peft_type") == "LORA" and cfg.get("bias", "none") == "none" and not cfg.get("lora_bias")
+             and not cfg.get("modules_to_save") and not cfg.get("rank_pattern") and not cfg.get("alpha_pattern")
+             and not cfg.get("use_rslora") and not cfg.get("layer_replication")
+             and not cfg.get("trainable_token_indices"))
+    weights_file = folder / ADAPTER / "adapter_model.safetensors"
+    if base is None or not plain or (folder / REEDIT_DELTAS).exists() or not weights_file.exists():
+        return None
+    parts: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key, tensor in load_file(str(weights_file)).items():
+        match = re.fullmatch(re.escape(ADAPTER_PREFIX) + r"(.+)\.(lora_A|lora_B|lora_magnitude_vector)(?:\.weight)?",
+                             key)
+        if match is None:
+            return None
+        parts[match.group(1) + ".weight"][match.group(2)] = tensor.float()
+    scale = float(cfg["lora_alpha"]) / int(cfg["r"])
+    transposed = bool(cfg.get("fan_in_fan_out"))
+    merges = {}
+    for name, p in parts.items():
+        if set(p) - {"lora_magnitude_vector"} != {"lora_A", "lora_B"} or p["lora_A"].shape[0] != int(cfg["r"]):
+            return None
+        merges[name] = (lambda a, b, m: lambda w: _merge(w, a, b, m, scale, transposed))(
+            p["lora_A"], p["lora_B"], p.get("lora_magnitude_vector"))
+    return base, merges
+
+
+def _merge(w: Any, a: Any, b: Any, magnitude: Any, scale: float, transposed: bool) -> Any:
+    """One adapted weight after the merge (float32)."""
+    w = w.T if transposed else w
+    merged = w + scale * (b @ a)
+    if magnitude is not None:  # DoRA: the direction W + s·BA, rescaled to the learnt norm of each output row
+        merged = (magnitude / merged.norm(dim=1)).unsqueeze(1) * merged
+    return merged.T if transposed else merged
 
 
 def _getter(tensor: Any) -> Any:
