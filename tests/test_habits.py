@@ -74,7 +74,7 @@ NEVER = {
 MODULE_ORDER = {
     "edit": ["hparams_classes", "registry", "hparams", "hooks", "prompts", "keys", "replay", "targets_cache",
              "targets", "stats_text", "stats_cache", "stats", "linalg", "spread", "memit", "alphaedit", "api"],
-    "experiment": ["store_schema", "store", "facts", "schema", "plan", "cost", "stages", "execute", "backends.local",
+    "experiment": ["store_schema", "store", "facts", "schema", "plan", "cost", "measured", "stages", "execute", "backends.local",
                    "backends.ray", "backends", "runner", "export", "grid"],
 }
 

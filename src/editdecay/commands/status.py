@@ -22,7 +22,7 @@ def remaining_cpu_seconds(summary: dict, costs: list[dict] | None = None) -> tup
     nothing is left. Each such stage counts the median CPU seconds of the done stages like it (same kind, model,
     number of edits, fine-tuning type, steps and preserve strategy: editdecay.experiment.measured), else of its kind's, else
     nothing; without ``costs``, every stage left counts its kind's median (``summary``)."""
-    from editdecay.experiment.measured import MeasuredCosts
+    from editdecay.api import MeasuredCosts
 
     total = 0.0
     left_by_kind: dict[str, int] = {}
