@@ -108,7 +108,8 @@ def test_plan_estimates_a_grid_from_the_stage_costs_measured_in_a_store(lora_gri
     assert sources["kind"] == n_full > 0 and sources["constants"] == 0
 
     assert main(["plan", str(tmp / "grid.yaml"), "--costs-from", str(tmp / "r.db")]) == 0
-    assert f"{len(rows)} stage(s) at the median of like stages" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{len(rows)} stage(s) at the median of like stages" in out and ", 0 at their kind's, 0 from" in out
     assert main(["plan", str(tmp / "grid.yaml"), "--costs-from", str(tmp / "none.db")]) == 1
     assert "none.db: no results store here" in capsys.readouterr().err
     Store(tmp / "empty.db").close()

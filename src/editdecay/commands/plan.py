@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"estimated work: {_fmt_seconds(sum(est.values()))} of stage CPU time measured in {args.costs_from}: "
               f"{sources['like']} stage(s) at the median of like stages (same kind, model, number of edits, "
-              "fine-tuning type, steps and preserve strategy), {sources['kind']} at their kind's, {sources['constants']} from the "
-              "constants; divide by the workers for wall time on free cores")
+              f"fine-tuning type, steps and preserve strategy), {sources['kind']} at their kind's, "
+              f"{sources['constants']} from the constants; divide by the workers for wall time on free cores")
     print(f"estimated disk: {_fmt_bytes(sum(c.disk for c in costs))} in all; peak memory is the largest stage of "
           "each kind (upper-bound sums: editdecay.experiment.cost)")
     notes = sorted({n for c in costs for n in c.notes})

@@ -358,8 +358,8 @@ class Store:
 
     def stage_costs(self) -> list[dict[str, Any]]:
         """Per stage: kind, status, CPU seconds and what its cost depends on besides its kind (model, fine-tuning
-        type, steps and edit-preserving strategy, number of edits of its runs), so an estimate can compare like with like
-        (:mod:`editdecay.experiment.measured`)."""
+        type, steps and edit-preserving strategy, number of edits of its runs), so an estimate can compare like
+        with like (:mod:`editdecay.experiment.measured`)."""
         return [dict(r) for r in self.query(
             "SELECT s.stage_id, s.kind, s.status, s.cpu_seconds, MAX(r.model) AS model, MAX(r.n_edits) AS n_edits,"
             " json_extract(s.config_json, '$.finetune.type') AS ft_type,"
