@@ -60,29 +60,19 @@ def _layer_index(key: str, prefix: str) -> int | None:
 def _weights(folder: Path) -> Iterator[tuple[dict[str, Any], str]]:
     """(name -> a zero-argument getter of the float32 tensor, the architecture's layer prefix).
 
-    A deltas-only edit on a base whose weights are readable is read lazily too, ``W_base + ΔW`` per tensor as
-    the edit applies it (float32), so no model is held in memory."""
+    A small folder on a base whose weights are readable is read lazily too (:func:`_layered`), so no model is
+    held in memory."""
     from editdecay.models.arch import get_adapter
 
-    lazy_base = _readable_base(folder) if folder_form(folder) == "edit-deltas" else None
-    if lazy_base is not None:
-        deltas = read_deltas(folder / DELTAS)
-        with _weights(lazy_base) as (base, prefix):
-            if set(deltas) <= set(base):  # else the file names differ from the model's (older checkpoints):
-                edited = dict(base)     # materialising below maps them as loading does
-                for key, delta in deltas.items():
-                    edited[key] = (lambda get, d: lambda: get() + d.float())(base[key], delta)
-                yield edited, prefix
-                return
-    adapter = _lazy_adapter(folder) if folder_form(folder) == "adapter" else None
-    if adapter is not None:
-        base, merges = adapter
+    layered = _layered(folder)
+    if layered is not None:
+        base, changes = layered
         with _weights(base) as (weights, prefix):
-            if set(merges) <= set(weights):
-                tuned = dict(weights)
-                for key, merge in merges.items():
-                    tuned[key] = (lambda get, f: lambda: f(get()))(weights[key], merge)
-                yield tuned, prefix
+            if set(changes) <= set(weights):  # else the names differ from the model's (older checkpoints):
+                changed = dict(weights)       # materialising below maps them as loading does
+                for key, change in changes.items():
+                    changed[key] = (lambda get, f: lambda: f(get()))(weights[key], change)
+                yield changed, prefix
                 return
     if is_model_folder(folder):
         from safetensors import safe_open
@@ -118,6 +108,20 @@ def _readable_base(folder: Path) -> Path | None:
     if is_model_folder(base) or (folder_form(base) == "edit-deltas" and _readable_base(base) is not None):
         return base
     return None
+
+
+def _layered(folder: Path) -> tuple[Path, dict[str, Any]] | None:
+    """(base folder, {weight name: W_base -> this folder's W}, float32) of a small folder read per tensor: a
+    deltas-only edit as ``W_base + ΔW`` (as the edit applies it), an adapter-only fine-tune as its merge; None
+    for a folder that is materialised instead."""
+    form = folder_form(folder)
+    if form == "adapter":
+        return _lazy_adapter(folder)
+    base = _readable_base(folder) if form == "edit-deltas" else None
+    if base is None:
+        return None
+    deltas = read_deltas(folder / DELTAS)
+    return base, {key: (lambda d: lambda w: w + d.float())(delta) for key, delta in deltas.items()}
 
 
 ADAPTER_PREFIX = "base_model.model."

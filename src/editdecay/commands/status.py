@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def remaining_cpu_seconds(summary: dict, costs: list[dict] | None = None) -> tuple[float, list[str]] | None:
     """(CPU seconds the stages not yet done will take, "N kind" of those with nothing to go by) or None when
     nothing is left. Each such stage counts the median CPU seconds of the done stages like it (same kind, model,
-    number of edits, fine-tuning type, steps and preserve strategy: editdecay.experiment.measured), else of its kind's, else
-    nothing; without ``costs``, every stage left counts its kind's median (``summary``)."""
+    number of edits, fine-tuning type, steps and preserve strategy: editdecay.experiment.measured), else of its
+    kind's, else nothing; without ``costs``, every stage left counts its kind's median (``summary``)."""
     from editdecay.api import MeasuredCosts
 
     total = 0.0
@@ -74,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
             cpu_s, unknown = left
             print(f"still to run: ~{cpu_s / 3600:.1f} CPU hours (each pending or running stage at the median CPU "
                   "seconds of the done stages like it: same kind, model, number of edits, fine-tuning type, steps and "
-                  "preserve strategy, else "
-                  "its kind's; divide by the workers for wall time on free cores)"
+                  "preserve strategy, else its kind's; divide by the workers for wall time on free cores)"
                   + (f"; not counted, no CPU seconds yet: {', '.join(unknown)}" if unknown else ""))
         for f in s["failed"]:
             first = (f["error"] or "").splitlines()[0]
